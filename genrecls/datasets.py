@@ -1,0 +1,480 @@
+"""Read a poster dataset folder, in any supported format, into one table.
+
+The table (a pandas DataFrame) has one row per usable poster:
+
+    id      str        movie id (or the poster's file stem for the csv format)
+    title   str        title with the release year stripped ("" when unknown)
+    path    str        absolute path of the poster image
+    genres  list[str]  genre names, trimmed, case-variants merged
+
+Every row that cannot be used is dropped *and counted* in a `DropReport`
+(reason -> count, with a few examples), never silently lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from genrecls.errors import GenreclsError
+
+FORMATS = ("movielens", "letterboxd", "kaggle", "csv")
+# The file whose presence identifies each format, checked in this order.
+FORMAT_MARKERS = {
+    "movielens": "movies.dat",
+    "letterboxd": "genres.csv",
+    "kaggle": "MovieGenre.csv",
+    "csv": "labels.csv",
+}
+POSTER_DIRS = ("posters", "images")
+POSTER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# Genre strings that mean "no genre" in real tables.
+NO_GENRE_MARKERS = {"(no genres listed)", "n/a", "na", "nan", "none", "unknown", ""}
+# Characters that signal a genre string split with the wrong separator.
+SUSPECT_SEPARATORS = set(",;|/\t")
+YEAR_SUFFIX = re.compile(r"\s*\(\s*\d{4}\s*\)\s*$")
+
+# Reasons a row is dropped; the keys of DropReport.counts.
+NO_POSTER = "no poster file"
+NO_GENRE = "no genre"
+DUPLICATE_ID = "duplicate id"
+UNPARSEABLE = "unparseable line"
+MALFORMED_GENRES = "malformed genre string"
+OUTSIDE_FOLDER = "path outside dataset folder"
+UNREADABLE = "unreadable image"
+
+
+@dataclass
+class DropReport:
+    """What was dropped and why: counts per reason plus a few examples each."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+    max_examples: int = 5
+
+    def add(self, reason: str, example: str) -> None:
+        self.counts[reason] += 1
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < self.max_examples:
+            kept.append(example)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return "nothing dropped"
+        return ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
+
+
+@dataclass
+class PosterTable:
+    """The canonical table plus where it came from and what was dropped."""
+
+    frame: pd.DataFrame
+    root: Path
+    format: str
+    dropped: DropReport
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def genre_counts(self) -> Counter:
+        return Counter(g for genres in self.frame["genres"] for g in genres)
+
+
+# ---------------------------------------------------------------- genre strings
+
+
+def strip_year(title: str) -> str:
+    """'Toy Story (1995)' -> 'Toy Story' (report 000 drops the year)."""
+    return YEAR_SUFFIX.sub("", str(title)).strip()
+
+
+def parse_genres(value, sep: str = "|") -> list[str] | None:
+    """Split a genre string into trimmed, de-duplicated names.
+
+    Returns [] for a missing or "no genre" value and None for a malformed
+    one (a name that still contains another separator, which means the
+    string was split with the wrong separator).
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    names = []
+    for token in str(value).split(sep):
+        name = " ".join(token.split())  # trim and collapse inner whitespace
+        if name.lower() in NO_GENRE_MARKERS:
+            continue
+        if SUSPECT_SEPARATORS.intersection(name) - {sep}:
+            return None
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def merge_case_variants(genre_lists: list[list[str]]) -> list[list[str]]:
+    """Map 'sci-fi', 'Sci-Fi', 'SCI-FI' to the most common spelling."""
+    spellings = Counter(g for genres in genre_lists for g in genres)
+    canonical: dict[str, str] = {}
+    for name, _ in sorted(spellings.items(), key=lambda kv: -kv[1]):
+        canonical.setdefault(name.lower(), name)
+    merged = []
+    for genres in genre_lists:
+        out = []
+        for g in genres:
+            c = canonical[g.lower()]
+            if c not in out:
+                out.append(c)
+        merged.append(out)
+    return merged
+
+
+# ------------------------------------------------------------------ image files
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why a poster file cannot be decoded, or None when it looks sound.
+
+    Reads only the first and last bytes, so it costs two small reads per
+    file whatever the image size. Catches missing, empty, non-image and
+    truncated files (a JPEG without its end marker, a PNG without IEND),
+    which a decoder would otherwise fail on, or worse, half-decode.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if head.startswith(b"\xff\xd8\xff"):
+        # The end-of-image marker; trailing padding after it is tolerated.
+        return None if b"\xff\xd9" in tail else "truncated JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in tail else "truncated PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return None if tail.rstrip(b"\x00").endswith(b";") else "truncated GIF"
+    if head.startswith(b"BM"):
+        declared = int.from_bytes(head[2:6], "little")
+        return None if declared <= size else "truncated BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "unsupported format (WebP)"
+    return "not an image"
+
+
+def image_problems(paths: list[str], workers: int = 8) -> list[str | None]:
+    """`image_problem` for many files, on a few threads (the reads release the GIL)."""
+    if len(paths) < 256:
+        return [image_problem(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(image_problem, paths, chunksize=64))
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 if it decodes, else Latin-1 (old MovieLens and Kaggle files)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_csv(path: Path, dropped: DropReport, **kwargs) -> pd.DataFrame:
+    """read_csv that counts malformed lines instead of failing or skipping silently."""
+
+    def bad_line(fields):
+        dropped.add(UNPARSEABLE, ",".join(fields)[:120])
+        return None
+
+    try:
+        return pd.read_csv(
+            io.StringIO(_read_text(path)),
+            dtype=str,
+            keep_default_na=False,
+            engine="python",
+            on_bad_lines=bad_line,
+            **kwargs,
+        )
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise GenreclsError(f"cannot parse {path}: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise GenreclsError(f"{path} is empty") from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise GenreclsError(
+            f"{path.name} has no column {', '.join(map(repr, missing))}; "
+            f"its columns are {', '.join(map(repr, frame.columns))}. "
+            "Name the right ones with the column options (see --help)."
+        )
+
+
+def _poster_dir(root: Path) -> Path:
+    for name in POSTER_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    raise GenreclsError(
+        f"{root} has no poster folder: expected one of {', '.join(POSTER_DIRS)}/ "
+        "holding <id>.jpg files"
+    )
+
+
+def _posters_by_stem(folder: Path) -> dict[str, str]:
+    """One directory listing, so finding N posters costs no N stat calls."""
+    found: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in POSTER_EXTENSIONS:
+            found.setdefault(stem, name)
+    return found
+
+
+def _inside(root: Path, relative: str) -> str | None:
+    """Absolute path of `relative` under root, or None when it escapes root."""
+    if not relative or os.path.isabs(relative) or "\x00" in relative:
+        return None
+    full = os.path.normpath(os.path.join(root, relative))
+    return full if full.startswith(str(root) + os.sep) else None
+
+
+# --------------------------------------------------------------- format readers
+# Each reader returns raw records (id, title, poster path relative to root,
+# genre string or list) and adds what it cannot parse to `dropped`.
+
+
+def _records_movielens(root: Path, dropped: DropReport, genre_sep: str, **_):
+    path = root / "movies.dat"
+    posters = _poster_dir(root)
+    by_stem = _posters_by_stem(posters)
+    for line in _read_text(path).splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) != 3 or not parts[0].strip().isdigit():
+            dropped.add(UNPARSEABLE, line[:120])
+            continue
+        movie_id, title, genres = (p.strip() for p in parts)
+        name = by_stem.get(movie_id)
+        rel = f"{posters.name}/{name}" if name else None
+        yield movie_id, strip_year(title), rel, parse_genres(genres, genre_sep)
+
+
+def _records_letterboxd(root: Path, dropped: DropReport, **_):
+    path = root / "genres.csv"
+    frame = _read_csv(path, dropped)
+    _require_columns(frame, ["id", "genre"], path)
+    posters = _poster_dir(root)
+    by_stem = _posters_by_stem(posters)
+    # Long form: one row per (movie, genre); group keeps first-seen order.
+    grouped: dict[str, list[str]] = {}
+    malformed: set[str] = set()
+    for movie_id, genre in zip(frame["id"].str.strip(), frame["genre"]):
+        if not movie_id:
+            dropped.add(UNPARSEABLE, f"row with empty id (genre {genre!r})")
+            continue
+        names = parse_genres(genre, sep="\x1f")  # one genre per row: never split
+        if names is None:
+            malformed.add(movie_id)
+        genres = grouped.setdefault(movie_id, [])
+        genres.extend(g for g in names or [] if g not in genres)
+    for movie_id, genres in grouped.items():
+        name = by_stem.get(movie_id)
+        rel = f"{posters.name}/{name}" if name else None
+        yield movie_id, "", rel, None if movie_id in malformed else genres
+
+
+def _records_kaggle(root: Path, dropped: DropReport, genre_sep: str, **_):
+    path = root / "MovieGenre.csv"
+    frame = _read_csv(path, dropped)
+    _require_columns(frame, ["imdbId", "Title", "Genre"], path)
+    posters = _poster_dir(root)
+    by_stem = _posters_by_stem(posters)
+    for movie_id, title, genres in zip(frame["imdbId"], frame["Title"], frame["Genre"]):
+        movie_id = movie_id.strip()
+        name = by_stem.get(movie_id)
+        rel = f"{posters.name}/{name}" if name else None
+        yield movie_id, strip_year(title), rel, parse_genres(genres, genre_sep)
+
+
+def _records_csv(
+    root: Path,
+    dropped: DropReport,
+    genre_sep: str,
+    csv_file: str = "labels.csv",
+    path_column: str = "path",
+    genres_column: str = "genres",
+    id_column: str | None = None,
+    title_column: str | None = None,
+    delimiter: str = ",",
+    **_,
+):
+    path = root / csv_file
+    if not path.is_file():
+        raise GenreclsError(f"{path} does not exist; name the table with --csv-file")
+    frame = _read_csv(path, dropped, sep=delimiter)
+    if title_column is None and "title" in frame.columns:
+        title_column = "title"
+    wanted = [path_column, genres_column] + [c for c in (id_column, title_column) if c]
+    _require_columns(frame, wanted, path)
+    n = len(frame)
+    paths = frame[path_column].str.strip()
+    ids = frame[id_column].str.strip() if id_column else [os.path.splitext(p)[0] for p in paths]
+    titles = frame[title_column].map(strip_year) if title_column else [""] * n
+    for movie_id, title, rel, genres in zip(ids, titles, paths, frame[genres_column]):
+        yield movie_id, title, rel, parse_genres(genres, genre_sep)
+
+
+READERS = {
+    "movielens": _records_movielens,
+    "letterboxd": _records_letterboxd,
+    "kaggle": _records_kaggle,
+    "csv": _records_csv,
+}
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """Name the format from the marker file the folder holds."""
+    root = Path(root)
+    for fmt, marker in FORMAT_MARKERS.items():
+        if (root / marker).is_file():
+            return fmt
+    expected = ", ".join(f"{m} ({f})" for f, m in FORMAT_MARKERS.items())
+    raise GenreclsError(
+        f"cannot tell the dataset format of {root}: it holds none of {expected}. "
+        "Pass --format csv with --csv-file for another table."
+    )
+
+
+def load_dataset(
+    root: str | os.PathLike,
+    format: str | None = None,
+    *,
+    genre_sep: str = "|",
+    check_images: bool = True,
+    **csv_options,
+) -> PosterTable:
+    """Read a dataset folder into a `PosterTable`.
+
+    format: one of FORMATS, or None to detect it from the files present.
+    genre_sep: separator inside a genre string ("|" in every known format).
+    check_images: sniff each poster's bytes and drop empty, truncated and
+        non-image files (counted), so training never meets them.
+    csv_options: for format "csv": csv_file, path_column, genres_column,
+        id_column, title_column, delimiter.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GenreclsError(f"dataset folder {root} does not exist")
+    root = Path(os.path.abspath(root))
+    fmt = format or detect_format(root)
+    if fmt not in READERS:
+        raise GenreclsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "csv" and csv_options:
+        raise GenreclsError(f"options {sorted(csv_options)} apply only to --format csv")
+
+    dropped = DropReport()
+    seen: set[str] = set()
+    rows = []
+    for movie_id, title, rel, genres in READERS[fmt](root, dropped, genre_sep=genre_sep, **csv_options):
+        label = f"{movie_id} ({title})" if title else movie_id
+        if movie_id in seen:
+            dropped.add(DUPLICATE_ID, label)
+            continue
+        seen.add(movie_id)
+        if genres is None:
+            dropped.add(MALFORMED_GENRES, label)
+            continue
+        if not genres:
+            dropped.add(NO_GENRE, label)
+            continue
+        if rel is None:
+            dropped.add(NO_POSTER, label)
+            continue
+        full = _inside(root, rel)
+        if full is None:
+            dropped.add(OUTSIDE_FOLDER, f"{label}: {rel}")
+            continue
+        if not os.path.isfile(full):
+            dropped.add(NO_POSTER, f"{label}: {rel}")
+            continue
+        rows.append((movie_id, title, full, genres))
+
+    if dropped.counts[MALFORMED_GENRES] > max(len(rows), 0):
+        raise GenreclsError(
+            f"most genre strings in {root} look split with the wrong separator "
+            f"(e.g. {dropped.examples[MALFORMED_GENRES][0]!r}); pass --genre-sep"
+        )
+    frame = pd.DataFrame(rows, columns=["id", "title", "path", "genres"])
+    frame["genres"] = merge_case_variants(list(frame["genres"]))
+
+    if check_images and len(frame):
+        problems = image_problems(list(frame["path"]))
+        keep = []
+        for (movie_id, path), problem in zip(zip(frame["id"], frame["path"]), problems):
+            if problem:
+                dropped.add(f"{UNREADABLE}: {problem}", os.path.relpath(path, root))
+            keep.append(problem is None)
+        frame = frame[keep].reset_index(drop=True)
+
+    if frame.empty:
+        raise GenreclsError(f"no usable posters in {root} ({dropped})")
+    return PosterTable(frame=frame, root=root, format=fmt, dropped=dropped)
+
+
+def summarize(table: PosterTable) -> dict:
+    """Numbers a person wants before training: sizes, genre counts, drops."""
+    counts = table.genre_counts()
+    n = len(table)
+    multi = int(sum(len(g) > 1 for g in table.frame["genres"]))
+    return {
+        "root": str(table.root),
+        "format": table.format,
+        "posters": n,
+        "genres": len(counts),
+        "genre_counts": dict(counts.most_common()),
+        "multi_genre": multi,
+        "multi_genre_share": multi / n if n else 0.0,
+        "dropped": table.dropped.to_dict(),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as the text `genrecls summary` prints."""
+    lines = [
+        f"dataset   {summary['root']} ({summary['format']})",
+        f"posters   {summary['posters']:,}",
+        f"genres    {summary['genres']}",
+        f"multi     {summary['multi_genre']:,} posters have 2+ genres "
+        f"({summary['multi_genre_share']:.1%})",
+        "",
+        f"{'genre':<20}{'posters':>9}{'share':>8}",
+    ]
+    for genre, count in summary["genre_counts"].items():
+        lines.append(f"{genre:<20}{count:>9,}{count / summary['posters']:>8.1%}")
+    dropped = summary["dropped"]
+    lines.append("")
+    lines.append(f"dropped   {dropped['total']:,}")
+    for reason, count in sorted(dropped["counts"].items(), key=lambda kv: -kv[1]):
+        examples = ", ".join(dropped["examples"].get(reason, [])[:3])
+        lines.append(f"  {count:>7,}  {reason}  (e.g. {examples})")
+    return "\n".join(lines)

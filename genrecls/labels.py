@@ -1,0 +1,310 @@
+"""Labels: genre vocabulary, multi-hot and single labels, balancing, splits.
+
+Sampling helpers return *index arrays* into the table, so they compose with
+any table and never copy images. Every random choice takes a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import MultiLabelBinarizer
+from sklearn.utils.class_weight import compute_class_weight
+
+from genrecls.errors import GenreclsError
+
+OTHER = "Other"
+
+
+@dataclass(frozen=True)
+class GenreVocabulary:
+    """The fixed, ordered list of genres a model predicts.
+
+    other: name of the catch-all column (report 004's "Others"), or None.
+    A movie gets the catch-all when any of its genres is outside the list.
+    """
+
+    genres: tuple[str, ...]
+    other: str | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        genre_lists: Sequence[Sequence[str]],
+        *,
+        min_count: int = 1,
+        top_k: int | None = None,
+        other: bool = False,
+        genres: Sequence[str] | None = None,
+    ) -> "GenreVocabulary":
+        """Choose the genres: an explicit list, or the top-k of those with min_count posters.
+
+        Order is by descending count (ties by name), so the vocabulary of a
+        given table is reproducible.
+        """
+        counts = Counter(g for gs in genre_lists for g in gs)
+        if genres is not None:
+            by_lower = {g.lower(): g for g in counts}
+            unknown = [g for g in genres if g.strip().lower() not in by_lower]
+            if unknown:
+                raise GenreclsError(
+                    f"unknown genre(s) {', '.join(map(repr, unknown))}; "
+                    f"the data has: {', '.join(sorted(counts))}"
+                )
+            chosen = [by_lower[g.strip().lower()] for g in genres]
+        else:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            chosen = [g for g, n in ranked if n >= min_count]
+            if top_k is not None:
+                chosen = chosen[:top_k]
+        if not chosen:
+            raise GenreclsError(f"no genre has at least {min_count} posters")
+        if other and OTHER in chosen:
+            raise GenreclsError(f"the data already has a genre named {OTHER!r}")
+        return cls(tuple(chosen), OTHER if other else None)
+
+    @property
+    def names(self) -> list[str]:
+        """Column names of the label matrix: the genres, then the catch-all."""
+        return list(self.genres) + ([self.other] if self.other else [])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def restrict(self, genre_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Each movie's genres within the vocabulary (plus the catch-all)."""
+        known = set(self.genres)
+        out = []
+        for gs in genre_lists:
+            kept = [g for g in gs if g in known]
+            if self.other and len(kept) < len(gs):
+                kept.append(self.other)
+            out.append(kept)
+        return out
+
+    def encode(self, genre_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """Multi-hot matrix (N, K) float32; genres outside the vocabulary are ignored."""
+        binarizer = MultiLabelBinarizer(classes=self.names)
+        return binarizer.fit_transform(self.restrict(genre_lists)).astype("float32")
+
+    def to_json(self) -> dict:
+        return {"genres": list(self.genres), "other": self.other}
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GenreVocabulary":
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return cls(tuple(data["genres"]), data.get("other"))
+
+
+def keep_labelled(Y: np.ndarray) -> np.ndarray:
+    """Indices of rows with at least one genre in the vocabulary."""
+    return np.flatnonzero(Y.sum(axis=1) > 0)
+
+
+# ------------------------------------------------------------------ one label
+
+
+def collapse(Y: np.ndarray, how: str = "least") -> np.ndarray:
+    """One class index per movie: its least (report 002) or most common genre.
+
+    Commonness is counted over Y itself; ties go to the earlier column, so
+    the result is deterministic. Rows with no genre get -1.
+    """
+    if how not in ("least", "most"):
+        raise GenreclsError(f"collapse how must be 'least' or 'most', not {how!r}")
+    counts = Y.sum(axis=0).astype(float)
+    # Score each present genre by its count; absent genres can never win.
+    if how == "least":
+        scores = np.where(Y > 0, counts, np.inf)
+        out = scores.argmin(axis=1)
+    else:
+        scores = np.where(Y > 0, counts, -np.inf)
+        out = scores.argmax(axis=1)
+    out[Y.sum(axis=1) == 0] = -1
+    return out
+
+
+# ------------------------------------------------------------------ balancing
+
+
+def _by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
+    labels = np.asarray(labels)
+    return {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+
+def undersample(labels: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Indices with every class cut to the size of the smallest (report 002)."""
+    rng = np.random.default_rng(seed)
+    groups = _by_class(labels)
+    smallest = min(len(idx) for idx in groups.values())
+    picked = [rng.choice(idx, smallest, replace=False) for idx in groups.values()]
+    return np.sort(np.concatenate(picked))
+
+
+def oversample(labels: Sequence[int], max_factor: float | None = None, seed: int = 0) -> np.ndarray:
+    """Indices with every class repeated up to the largest class's size.
+
+    max_factor caps the growth: a class grows to at most max_factor times
+    its own size, so a tiny class is not copied a hundred times over.
+    Every original index is kept; extra copies are drawn at random.
+    """
+    rng = np.random.default_rng(seed)
+    groups = _by_class(labels)
+    largest = max(len(idx) for idx in groups.values())
+    picked = []
+    for idx in groups.values():
+        target = largest if max_factor is None else min(largest, int(len(idx) * max_factor))
+        extra = rng.choice(idx, max(0, target - len(idx)), replace=True)
+        picked.append(np.concatenate([idx, extra]))
+    return np.sort(np.concatenate(picked))
+
+
+def class_weights(labels: Sequence[int], method: str = "balanced") -> dict[int, float]:
+    """Keras `class_weight` for single-label (multiclass, OvA) training.
+
+    balanced: n / (k * n_c), scikit-learn's rule (report 004).
+    log: 1 + ln(n_max / n_c), a log-smoothed weight (report 003) that
+        favours rare classes without giving them huge weights.
+    Not for multi-hot labels: Keras would weight each row by its argmax.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if method == "balanced":
+        weights = compute_class_weight("balanced", classes=classes, y=labels)
+    elif method == "log":
+        counts = np.array([(labels == c).sum() for c in classes], dtype=float)
+        weights = 1.0 + np.log(counts.max() / counts)
+    else:
+        raise GenreclsError(f"class weight method must be 'balanced' or 'log', not {method!r}")
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def positive_weights(Y: np.ndarray, method: str = "balanced") -> np.ndarray:
+    """Per-genre weight of a positive label, for a weighted binary cross-entropy.
+
+    balanced: n_negative / n_positive per genre; log: 1 + ln of that ratio.
+    A genre with no positives gets weight 1 (there is nothing to weight).
+    """
+    pos = Y.sum(axis=0).astype(float)
+    neg = len(Y) - pos
+    ratio = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    if method == "balanced":
+        return ratio.astype("float32")
+    if method == "log":
+        return (1.0 + np.log(np.maximum(ratio, 1.0))).astype("float32")
+    raise GenreclsError(f"positive weight method must be 'balanced' or 'log', not {method!r}")
+
+
+def ova_subset(
+    Y: np.ndarray, genre: int, positive_share: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A balanced binary set for one genre's one-vs-all member (report 002).
+
+    Positives are the movies with the genre; negatives are drawn so that
+    each other genre (a negative's least common genre) contributes equally,
+    filling up from larger genres when a small one runs out. When there are
+    too few negatives, positives are cut to keep the share.
+    Returns (indices, binary labels).
+    """
+    if not 0 < positive_share < 1:
+        raise GenreclsError(f"positive share must be between 0 and 1, not {positive_share}")
+    rng = np.random.default_rng(seed)
+    pos = np.flatnonzero(Y[:, genre] > 0)
+    neg = np.flatnonzero(Y[:, genre] == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        raise GenreclsError(f"genre column {genre} has no positives or no negatives")
+    others = Y[neg].copy()
+    others[:, genre] = 0
+    strata = collapse(others, "least")
+    groups = [rng.permutation(neg[strata == s]) for s in np.unique(strata)]
+
+    n_neg = round(len(pos) * (1 - positive_share) / positive_share)
+    if n_neg > len(neg):
+        n_neg = len(neg)
+        n_pos = max(1, round(n_neg * positive_share / (1 - positive_share)))
+        pos = rng.choice(pos, min(n_pos, len(pos)), replace=False)
+    quotas = _water_fill([len(g) for g in groups], n_neg)
+    chosen_neg = np.concatenate([g[:q] for g, q in zip(groups, quotas)])
+    idx = np.concatenate([pos, chosen_neg])
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(chosen_neg))]).astype("float32")
+    order = np.argsort(idx, kind="stable")
+    return idx[order], y[order]
+
+
+def _water_fill(sizes: list[int], total: int) -> list[int]:
+    """Split `total` as evenly as possible over groups of the given sizes."""
+    quotas = [0] * len(sizes)
+    open_groups = [i for i, s in enumerate(sizes) if s > 0]
+    left = total
+    while left > 0 and open_groups:
+        share, extra = divmod(left, len(open_groups))
+        for rank, i in enumerate(list(open_groups)):
+            take = min(sizes[i] - quotas[i], share + (1 if rank < extra else 0))
+            quotas[i] += take
+            left -= take
+        open_groups = [i for i in open_groups if quotas[i] < sizes[i]]
+    return quotas
+
+
+# --------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k).tolist() for k in ("train", "val", "test")}
+
+
+def stratified_split(
+    strata: Sequence[int],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> Split:
+    """Seeded train/validation/test indices, stratified on one label per movie.
+
+    Raises a GenreclsError naming the classes too small to appear in every
+    split, rather than letting a split silently miss a genre.
+    """
+    strata = np.asarray(strata)
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise GenreclsError(f"split fractions must be three positive numbers summing to 1, not {fractions}")
+    counts = Counter(strata.tolist())
+    needed = math.ceil(1 / min(fractions))
+    small = {c: n for c, n in counts.items() if n < needed}
+    if small:
+        raise GenreclsError(
+            f"classes {sorted(small)} have fewer than {needed} posters, too few for a "
+            f"{'/'.join(f'{f:.0%}' for f in fractions)} split; raise --min-count or use fewer genres"
+        )
+    idx = np.arange(len(strata))
+    train, rest = train_test_split(idx, train_size=fractions[0], stratify=strata, random_state=seed)
+    val_share = fractions[1] / (fractions[1] + fractions[2])
+    val, test = train_test_split(rest, train_size=val_share, stratify=strata[rest], random_state=seed)
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def check_split_covers(Y: np.ndarray, split: Split, names: Sequence[str]) -> None:
+    """Raise when a genre has no positive in some split (its F1 would be meaningless)."""
+    for part in ("train", "val", "test"):
+        missing = [names[j] for j in np.flatnonzero(Y[getattr(split, part)].sum(axis=0) == 0)]
+        if missing:
+            raise GenreclsError(
+                f"the {part} split has no poster of {', '.join(missing)}; "
+                "raise --min-count, use --top-k, or add data"
+            )

@@ -1,0 +1,181 @@
+"""The lazy tf.data poster pipeline.
+
+paths (+ labels) -> read -> decode any JPEG/PNG/GIF/BMP to RGB -> resize to a
+square keeping the aspect ratio -> [cache] -> [shuffle] -> [augment] -> batch
+-> prefetch.
+
+Images come out float32 in 0..255: each backbone carries its own
+preprocessing inside the model, so nothing here rescales.
+
+Files are read only as batches are needed, so memory does not grow with the
+number of posters. Before building the dataset each file's first and last
+bytes are checked, and empty, truncated or non-image files are skipped with a
+warning that names them; anything that still fails to decode is skipped by
+tf.data (and logged) rather than stopping an epoch halfway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from genrecls.datasets import image_problems
+from genrecls.errors import GenreclsError
+
+log = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+RESIZE_MODES = ("pad", "crop")
+
+
+def decode_image(data: tf.Tensor, image_size: int = 224, resize: str = "pad") -> tf.Tensor:
+    """Encoded bytes -> float32 (size, size, 3) in 0..255.
+
+    Grayscale, CMYK and RGBA become RGB; a PNG named .jpg decodes as PNG;
+    a GIF gives its first frame. resize "pad" keeps the whole poster and
+    pads the short side with black; "crop" fills the square and cuts the
+    long side's ends. Used by the training pipeline and by the exported
+    serving graph, so both see the same pixels.
+    """
+    if resize not in RESIZE_MODES:
+        raise GenreclsError(f"resize must be one of {RESIZE_MODES}, not {resize!r}")
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.cast(image, tf.float32)
+    if resize == "pad":
+        image = tf.image.resize_with_pad(image, image_size, image_size, antialias=True)
+    else:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = image_size / tf.reduce_min(shape)
+        new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+        image = tf.image.resize(image, new, antialias=True)
+        image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
+    # Antialiased resampling can overshoot slightly; keep the promised range.
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def load_image(path: tf.Tensor, image_size: int = 224, resize: str = "pad") -> tf.Tensor:
+    return decode_image(tf.io.read_file(path), image_size, resize)
+
+
+def readable(paths: list[str]) -> np.ndarray:
+    """Boolean mask of files that look decodable; logs one warning naming the rest."""
+    problems = image_problems(paths)
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        log.warning("skipped %d of %d posters that cannot be decoded: %s%s", len(bad), len(paths), shown, more)
+    return np.array([why is None for why in problems], dtype=bool)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random training augmentation, from Keras preprocessing layers.
+
+    Defaults are mild; report 003 used rotation 40 deg, shifts 0.2, zoom 0.2
+    and horizontal flips (`Augmentation.report_003()`).
+    """
+
+    flip: bool = True
+    rotation: float = 0.05  # fraction of a full turn
+    zoom: float = 0.1
+    translation: float = 0.1
+
+    @classmethod
+    def report_003(cls) -> "Augmentation":
+        return cls(flip=True, rotation=40 / 360, zoom=0.2, translation=0.2)
+
+    def layers(self, seed: int):
+        import keras
+
+        out = []
+        if self.flip:
+            out.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        if self.rotation:
+            out.append(keras.layers.RandomRotation(self.rotation, fill_mode="constant", seed=seed + 1))
+        if self.zoom:
+            out.append(keras.layers.RandomZoom(self.zoom, fill_mode="constant", seed=seed + 2))
+        if self.translation:
+            out.append(
+                keras.layers.RandomTranslation(
+                    self.translation, self.translation, fill_mode="constant", seed=seed + 3
+                )
+            )
+        return keras.Sequential(out, name="augmentation")
+
+
+def make_dataset(
+    paths,
+    labels=None,
+    *,
+    image_size: int = 224,
+    batch_size: int = 128,
+    resize: str = "pad",
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: str | None = None,
+    augment: Augmentation | None = None,
+    shuffle_buffer: int = 2048,
+    check_files: bool = True,
+    skip_errors: bool = True,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """A batched tf.data.Dataset of (image, label), or images alone without labels.
+
+    paths: poster file paths. labels: array-like with one row per path
+    (multi-hot, one-hot, class index or binary), or None.
+    cache: None, "memory", or a file path prefix for an on-disk cache. The
+        cache holds decoded, resized images, so later epochs skip decoding;
+        shuffling and augmentation run after it, so each epoch differs.
+    deterministic: keep the order fixed for a seed (reproducible runs);
+        False lets parallel decoding hand out batches as they finish.
+    shuffle: reshuffled every epoch from `seed`. Without a cache the file
+        list is shuffled before reading, which costs no image memory.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise GenreclsError("no posters to read")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != len(paths):
+            raise GenreclsError(f"{len(paths)} posters but {len(labels)} labels")
+    if check_files:
+        keep = readable(paths)
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = labels[keep] if labels is not None else None
+        if not paths:
+            raise GenreclsError("none of the posters is a readable image")
+    if labels is not None:
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+
+    if shuffle and not cache:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+
+    def load(path, *label):
+        image = load_image(path, image_size, resize)
+        return (image, *label) if label else image
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if skip_errors:
+        # Safety net for files that pass the loader's byte checks yet fail to decode.
+        ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache("" if cache == "memory" else cache)
+        if shuffle:
+            ds = ds.shuffle(min(shuffle_buffer, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        layers = augment.layers(seed)
+        if labels is not None:
+            ds = ds.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        else:
+            ds = ds.map(lambda x: layers(x, training=True), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,119 @@
+"""The tf.data pipeline on real and deliberately broken posters."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from genrecls.errors import GenreclsError
+from genrecls.pipeline import Augmentation, decode_image, make_dataset
+from tests.conftest import write_image
+
+
+def _images(ds) -> np.ndarray:
+    return np.concatenate([x.numpy() for x in ds]) if ds is not None else None
+
+
+def test_every_odd_format_decodes_to_rgb_float_in_range(broken_files):
+    reference = np.asarray(Image.open(broken_files["good"]).convert("RGB"), dtype=np.float32)
+    for name in ("good", "png_named_jpg", "grayscale", "cmyk"):
+        data = tf.io.read_file(str(broken_files[name]))
+        image = decode_image(data, image_size=268).numpy()
+        assert image.shape == (268, 268, 3) and image.dtype == np.float32, name
+        assert 0 <= image.min() and image.max() <= 255, name
+        # 268 px high poster: no vertical scaling, only horizontal padding
+        middle = image[:, 44:223]
+        tolerance = 25 if name in ("grayscale", "cmyk") else 3
+        assert abs(middle.mean() - reference.mean()) < tolerance, name
+    gray = decode_image(tf.io.read_file(str(broken_files["grayscale"])), 64).numpy()
+    np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-4)  # gray -> equal channels
+
+
+def test_pad_keeps_aspect_and_crop_fills(tmp_path):
+    # a 40x80 (w x h) white poster: padding puts black bars left and right
+    path = write_image(tmp_path / "tall.png", size=(40, 80), color=(255, 255, 255))
+    data = tf.io.read_file(str(path))
+    padded = decode_image(data, 32, "pad").numpy()
+    assert padded[:, :7].max() == 0 and padded[:, 25:].max() == 0
+    assert padded[:, 9:23].min() > 250
+    cropped = decode_image(data, 32, "crop").numpy()
+    assert cropped.min() > 250
+    with pytest.raises(GenreclsError):
+        decode_image(data, 32, "stretch")
+
+
+def test_broken_files_are_skipped_counted_and_named(broken_files, caplog):
+    paths = list(broken_files.values())
+    labels = np.arange(len(paths))
+    with caplog.at_level(logging.WARNING, logger="genrecls.pipeline"):
+        ds = make_dataset(paths, labels, image_size=32, batch_size=4)
+    seen = np.concatenate([y.numpy() for _, y in ds])
+    kept = {p.name for p, i in zip(paths, labels) if i in seen}
+    assert kept == {"good.jpg", "png.jpg", "gray.jpg", "cmyk.jpg"}
+    message = caplog.text
+    assert "skipped 3 of 7" in message
+    for name in ("truncated.jpg", "empty.jpg", "text.jpg"):
+        assert name in message
+
+
+def test_decode_failures_after_the_byte_check_do_not_stop_the_epoch(tmp_path, ml1m):
+    """A file that passes the byte check but is corrupt inside is skipped by tf.data."""
+    good = [ml1m / "posters" / f"{i}.jpg" for i in (1, 2, 3)]
+    raw = good[0].read_bytes()
+    bad = tmp_path / "inside.jpg"
+    bad.write_bytes(raw[:300] + b"\x00" * 2000 + raw[-100:])  # header and end marker intact
+    ds = make_dataset(good[:2] + [bad] + good[2:], np.arange(4), image_size=32, batch_size=2)
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert 0 in labels and 1 in labels and 3 in labels  # the good ones all arrive
+
+
+def test_pipeline_is_lazy(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.jpg", color=(i * 20, 0, 0)) for i in range(6)]
+    ds = make_dataset(paths, np.arange(6), image_size=16, batch_size=6, check_files=False)
+    paths[0].write_bytes(b"")  # changed after the dataset was built: read at iteration time
+    (_, y), = list(ds)
+    assert y.numpy().tolist() == [1, 2, 3, 4, 5]
+
+
+def test_cache_shuffle_and_augment(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.jpg", color=(i * 10, 100, 200)) for i in range(20)]
+    labels = np.arange(20)
+    plain = make_dataset(paths, labels, image_size=16, batch_size=8)
+    order = np.concatenate([y.numpy() for _, y in plain])
+    assert order.tolist() == list(range(20))
+    for cache in ("memory", str(tmp_path / "cache")):
+        ds = make_dataset(paths, labels, image_size=16, batch_size=8, shuffle=True, seed=1, cache=cache)
+        first = np.concatenate([y.numpy() for _, y in ds])
+        second = np.concatenate([y.numpy() for _, y in ds])
+        assert sorted(first.tolist()) == list(range(20)) == sorted(second.tolist())
+        assert first.tolist() != second.tolist()  # reshuffled each epoch
+    again = make_dataset(paths, labels, image_size=16, batch_size=8, shuffle=True, seed=1)
+    same = make_dataset(paths, labels, image_size=16, batch_size=8, shuffle=True, seed=1)
+    assert [y.numpy().tolist() for _, y in again] == [y.numpy().tolist() for _, y in same]
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :30] = 255  # left half white: a flip or shift must change pixels
+    Image.fromarray(image).save(tmp_path / "half.png")
+    aug = make_dataset([tmp_path / "half.png"] * 8, image_size=32, batch_size=8,
+                       augment=Augmentation(rotation=0.1, zoom=0.2, translation=0.2), seed=3)
+    out = _images(aug)
+    base = _images(make_dataset([tmp_path / "half.png"], image_size=32, batch_size=1))
+    assert out.shape == (8, 32, 32, 3)
+    assert all(np.abs(o - base[0]).max() > 1 for o in out)
+
+
+def test_images_without_labels_and_input_errors(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.jpg") for i in range(3)]
+    batches = list(make_dataset(paths, image_size=8, batch_size=2))
+    assert [b.shape[0] for b in batches] == [2, 1]
+    with pytest.raises(GenreclsError, match="3 posters but 2 labels"):
+        make_dataset(paths, [0, 1])
+    with pytest.raises(GenreclsError, match="no posters"):
+        make_dataset([])
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    with pytest.raises(GenreclsError, match="none of the posters"):
+        make_dataset([tmp_path / "bad.jpg"])
