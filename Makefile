@@ -9,11 +9,24 @@ DEMO_DATA  := datasets/demo
 DATA       ?= $(DEMO_DATA)
 PER_GENRE  ?= 60
 SEED       ?= 0
+# Training defaults: the small scratch CNN, quick on a CPU; override any of them,
+# e.g. make train-ova DATA=../shared/datasets/ml1m BACKBONE=efficientnetv2b0 EPOCHS=20
+BACKBONE   ?= simple
+WEIGHTS    ?= default
+EPOCHS     ?= 10
+IMAGE_SIZE ?= 48
+BATCH_SIZE ?= 16
+OUT        ?= models/$(MODE)-$(BACKBONE)-$(notdir $(DATA))
+EXTRA      ?=
+TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) --backbone $(BACKBONE) --weights $(WEIGHTS) \
+	--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
+	--out $(OUT) --overwrite $(EXTRA)
 
-.PHONY: install demo demo-data test clean help
+.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass
 
 help:
-	@echo "make demo   - generate the demo posters (no download) and summarise them"
+	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
+	@echo "make train-ova | train-multilabel | train-multiclass  [DATA= BACKBONE= WEIGHTS= EPOCHS= IMAGE_SIZE= BATCH_SIZE= OUT= EXTRA=]"
 	@echo "make test   - run the test suite"
 	@echo "make install - create .venv and install genrecls with its dev extra"
 	@echo "make clean  - remove .venv, caches, generated demo data and runs"
@@ -31,10 +44,17 @@ demo-data: install
 
 demo: demo-data
 	$(BIN)/genrecls summary $(DEMO_DATA)
+	$(MAKE) --no-print-directory train-ova DATA=$(DEMO_DATA) OUT=models/demo-ova EXTRA="--quiet --cache memory"
+
+# Each train target generates the demo set first when DATA is the demo set.
+train-ova train-multilabel train-multiclass: MODE = $(patsubst train-%,%,$@)
+train-ova train-multilabel train-multiclass: install
+	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
+	$(TRAIN)
 
 test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info $(DEMO_DATA)
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info $(DEMO_DATA) models/demo-ova
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

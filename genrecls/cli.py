@@ -15,14 +15,17 @@ import sys
 from genrecls.errors import GenreclsError
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_data_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Options every command that reads a dataset folder accepts."""
-    p.add_argument("data", help="dataset folder (movielens, letterboxd, kaggle or csv format)")
+    p.add_argument("data", nargs=None if defaults else "?",
+                   help="dataset folder (movielens, letterboxd, kaggle or csv format)")
     p.add_argument("--format", choices=["movielens", "letterboxd", "kaggle", "csv"],
                    help="dataset format (default: detected from the files in DATA)")
-    p.add_argument("--genre-sep", default="|", help="separator inside a genre string (default: |)")
-    p.add_argument("--no-check-images", dest="check_images", action="store_false",
-                   help="skip the byte check that drops empty, truncated and non-image files")
+    p.add_argument("--genre-sep", default="|" if defaults else None,
+                   help="separator inside a genre string (default: |)")
+    if defaults:
+        p.add_argument("--no-check-images", dest="check_images", action="store_false",
+                       help="skip the byte check that drops empty, truncated and non-image files")
     g = p.add_argument_group("csv format options")
     g.add_argument("--csv-file", help="table file inside DATA (default: labels.csv)")
     g.add_argument("--path-column", help="column of image paths relative to DATA (default: path)")
@@ -36,10 +39,8 @@ def load_table(args):
     """Call datasets.load_dataset with the data options of a parsed command line."""
     from genrecls.datasets import load_dataset
 
-    csv_keys = ("csv_file", "path_column", "genres_column", "id_column", "title_column", "delimiter")
-    csv_options = {k: getattr(args, k) for k in csv_keys if getattr(args, k, None) is not None}
     return load_dataset(
-        args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images, **csv_options
+        args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images, **_csv_options(args)
     )
 
 
@@ -63,6 +64,48 @@ def cmd_demo_data(args) -> None:
 
     out = make_demo_dataset(args.out, per_genre=args.per_genre, seed=args.seed)
     print(f"demo dataset written to {out} (csv format: labels.csv + posters/)")
+
+
+def _csv_options(args) -> dict:
+    keys = ("csv_file", "path_column", "genres_column", "id_column", "title_column", "delimiter")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+# train option -> TrainConfig field; None on the command line means "not given".
+TRAIN_FIELDS = (
+    "mode", "format", "genre_sep", "genres", "top_k", "other", "min_count", "collapse", "balance",
+    "class_weight", "positive_share", "backbone", "weights", "image_size", "resize", "fine_tune_last",
+    "freeze_until", "head", "dropout", "learning_rate", "epochs", "batch_size", "patience", "seed",
+    "augment", "cache", "cache_features", "tensorboard",
+)
+
+
+def train_config(args):
+    """TrainConfig from --config (if given) overridden by the options given on the line."""
+    from genrecls.training import TrainConfig
+
+    base = TrainConfig.load(args.config).to_json() if args.config else {}
+    given = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    if given.get("genres") is not None:
+        given["genres"] = [g.strip() for g in given["genres"].split(",") if g.strip()]
+    csv_options = _csv_options(args)
+    if csv_options:
+        given["csv_options"] = csv_options
+    if args.data:
+        given["data"] = args.data
+    if "data" not in {**base, **given}:
+        raise GenreclsError("name the dataset folder (DATA) or pass --config with one")
+    if args.quiet:
+        given["verbose"] = 2
+    return TrainConfig.from_json({**base, **given})
+
+
+def cmd_train(args) -> None:
+    from genrecls.training import train
+
+    cfg = train_config(args)
+    out = args.out or os.path.join("models", f"{cfg.mode}-{cfg.backbone}")
+    train(cfg, out, overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +134,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-genre", type=int, default=60, help="posters per genre (default: 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "train", help="train a model (multiclass, multilabel or one-vs-all) into a run folder",
+        description="Train on DATA and write a run folder: the model (or ova/ with one member per "
+        "genre and combined.keras), genres.json, config.json, history.csv, split.json and "
+        "metrics.json with per-genre precision/recall/F1 on the test split. Re-running the same "
+        "command after an interruption resumes it.",
+    )
+    _add_data_options(p, defaults=False)
+    p.add_argument("--config", help="config.json of an earlier run (or of `genrecls tune`); "
+                   "options given here override it")
+    p.add_argument("--out", help="run folder (default: models/MODE-BACKBONE)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    g = p.add_argument_group("labels")
+    g.add_argument("--mode", choices=["multiclass", "multilabel", "ova"], help="training mode [ova]")
+    g.add_argument("--genres", help="comma-separated genres to predict [all]")
+    g.add_argument("--top-k", type=int, help="keep the K most common genres (report 004 keeps 6)")
+    g.add_argument("--other", action="store_true", default=None,
+                   help="add an 'Other' column for genres outside the kept ones")
+    g.add_argument("--min-count", type=int, help="drop genres with fewer posters [1]")
+    g.add_argument("--collapse", choices=["least", "most"],
+                   help="single label per poster for multiclass and stratification: its least or most "
+                   "common genre [least]")
+    g.add_argument("--balance", choices=["undersample", "oversample"],
+                   help="balance the training split on the collapsed label")
+    g.add_argument("--class-weight", choices=["balanced", "log"],
+                   help="weight rare classes (multilabel: per-genre weighted binary cross-entropy)")
+    g.add_argument("--positive-share", type=float, help="share of positives in each OvA member's set [0.3]")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", help="efficientnetb0, efficientnetv2b0, resnet50, inceptionv3 or simple "
+                   "[efficientnetv2b0]")
+    g.add_argument("--weights", help="imagenet, none, or a weights file path "
+                   "[imagenet; none for simple]")
+    g.add_argument("--image-size", type=int, help="square input size [the backbone's: 224, 299 or 64]")
+    g.add_argument("--resize", choices=["pad", "crop"], help="keep the whole poster (pad) or fill (crop) [pad]")
+    g.add_argument("--fine-tune-last", type=int, help="train the backbone's last N layers (-1: all)")
+    g.add_argument("--freeze-until", type=int, help="freeze the backbone's layers before this index")
+    g.add_argument("--head", help="hidden widths like 256,128 or a preset: report002, report004, small "
+                   "[512,256]")
+    g.add_argument("--dropout", type=float, help="dropout before the output layer [0]")
+    g = p.add_argument_group("fitting")
+    g.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner) [10]")
+    g.add_argument("--batch-size", type=int, help="posters per batch [128]")
+    g.add_argument("--learning-rate", type=float, help="Adam learning rate [0.001]")
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs [3]")
+    g.add_argument("--seed", type=int, help="random seed for splits, sampling and weights [0]")
+    g.add_argument("--augment", action="store_true", default=None, help="random flips, rotations, zooms, shifts")
+    g.add_argument("--cache", help="cache decoded posters: 'memory' or a file prefix")
+    g.add_argument("--no-cache-features", dest="cache_features", action="store_false", default=None,
+                   help="train through the frozen backbone every epoch instead of on cached features")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,206 @@
+"""Interchangeable feature extractors, each carrying its own preprocessing.
+
+Every backbone is a Keras model from float images in 0..255 to a pooled
+feature vector. The preprocessing a family expects lives inside the model
+(EfficientNet rescales itself; ResNet50 is caffe-style BGR mean subtraction;
+InceptionV3 scales to [-1, 1]), so callers never preprocess by hand and an
+exported model takes raw pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from genrecls.errors import GenreclsError
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="genrecls")
+class CaffePreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet mean (ResNet50's preprocessing)."""
+
+    def call(self, inputs):
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=inputs.dtype)
+
+
+def _simple_cnn(input_shape, weights=None, name="simple"):
+    """A small scratch CNN (reports 000 and 003): conv-BN-ReLU-pool blocks."""
+    inputs = keras.Input(input_shape)
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (16, 32, 64):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(128, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    model = keras.Model(inputs, x, name=name)
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one family: the Keras builder and its preprocessing."""
+
+    builder: Callable
+    default_size: int
+    preprocess: Callable[[], layers.Layer] | None  # None: the model rescales itself
+    imagenet_file: str | None  # the file Keras downloads for weights="imagenet"
+    local_via_cache: bool = False  # weights=<path> must go through Keras's cache
+
+    @property
+    def pretrained(self) -> bool:
+        return self.imagenet_file is not None
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnetb0": BackboneSpec(
+        keras.applications.EfficientNetB0, 224, None, "efficientnetb0_notop.h5", local_via_cache=True
+    ),
+    "efficientnetv2b0": BackboneSpec(
+        keras.applications.EfficientNetV2B0, 224, None, "efficientnetv2-b0_notop.h5", local_via_cache=True
+    ),
+    "resnet50": BackboneSpec(
+        keras.applications.ResNet50, 224, CaffePreprocess,
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "inceptionv3": BackboneSpec(
+        keras.applications.InceptionV3, 299, lambda: layers.Rescaling(1 / 127.5, offset=-1.0),
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "simple": BackboneSpec(_simple_cnn, 64, None, None),
+}
+
+
+def keras_cache_dir() -> str:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models or ~/.keras/models."""
+    return os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise GenreclsError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+
+
+def normalize_weights(weights: str | None) -> str | None:
+    """'none'/None -> None, 'imagenet' stays, anything else must be an existing file."""
+    if weights is None or str(weights).lower() in ("none", ""):
+        return None
+    if weights == "imagenet":
+        return weights
+    if not os.path.isfile(weights):
+        raise GenreclsError(f"weights file {weights} does not exist; use 'imagenet', 'none' or a file path")
+    return os.path.abspath(weights)
+
+
+def _install_in_cache(spec: BackboneSpec, path: str) -> None:
+    """Put a local EfficientNet file where Keras looks, so weights='imagenet' loads it.
+
+    Passing the path straight to EfficientNet would skip a rescaling fix
+    that the 'imagenet' route applies, silently changing the outputs.
+    """
+    target = os.path.join(keras_cache_dir(), spec.imagenet_file)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.abspath(target) != path:
+        shutil.copyfile(path, target)
+
+
+def _missing_weights_error(name: str, spec: BackboneSpec, exc: Exception) -> GenreclsError:
+    wanted = spec.imagenet_file
+    found = re.search(r"https?://\S+?/([^/\s:]+\.h5)", str(exc))
+    if found:
+        wanted = found.group(1)
+    return GenreclsError(
+        f"cannot get ImageNet weights for {name}: Keras could not download {wanted} "
+        f"into {keras_cache_dir()} ({str(exc).splitlines()[0][:160]}). Put that file there, "
+        "pass --weights PATH to a local weights file, or use --weights none to train from scratch."
+    )
+
+
+def build_backbone(name: str, image_size: int | None = None, weights: str | None = "imagenet") -> keras.Model:
+    """Image (size, size, 3) in 0..255 -> pooled features, preprocessing included.
+
+    weights: 'imagenet' (Keras downloads and caches them), None/'none' for
+    random initialisation, or the path of a weights file.
+    """
+    spec = get_spec(name)
+    size = image_size or spec.default_size
+    weights = normalize_weights(weights)
+    if weights is not None and not spec.pretrained and weights == "imagenet":
+        raise GenreclsError(f"backbone {name!r} has no ImageNet weights; use --weights none or a file")
+    shape = (size, size, 3)
+    keras_weights = weights
+    if weights not in (None, "imagenet") and spec.local_via_cache:
+        _install_in_cache(spec, weights)
+        keras_weights = "imagenet"
+    try:
+        if spec.pretrained:
+            base = spec.builder(include_top=False, weights=keras_weights, input_shape=shape)
+        else:
+            base = spec.builder(shape, weights=keras_weights)
+    except ValueError as exc:
+        raise GenreclsError(f"cannot build {name} at {size}x{size} with weights {weights}: {exc}") from None
+    except Exception as exc:  # Keras raises a bare Exception when a download fails
+        if keras_weights == "imagenet":
+            raise _missing_weights_error(name, spec, exc) from None
+        raise
+
+    inputs = keras.Input(shape, name="image")
+    x = spec.preprocess()(inputs) if spec.preprocess else inputs
+    x = base(x)
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, features, name=f"{name}_backbone")
+
+
+def base_network(backbone: keras.Model) -> keras.Model:
+    """The keras.applications (or scratch) network inside a backbone."""
+    nested = [layer for layer in backbone.layers if isinstance(layer, keras.Model)]
+    return nested[0] if nested else backbone
+
+
+def set_trainable(backbone: keras.Model, fine_tune_last: int | None = None, freeze_until: int | None = None) -> str:
+    """Freeze the backbone, or unfreeze its last N layers / the layers from an index.
+
+    fine_tune_last=N: the last N layers of the base network train (report
+    004 trains the last 40 of ResNet50). freeze_until=K: layers before
+    index K stay frozen (report 003 freezes the first 172 of InceptionV3).
+    -1 for fine_tune_last trains everything. Batch-norm layers always stay
+    frozen, so they keep their ImageNet statistics while the rest adapts.
+    Returns the mode name: "frozen", "partial" or "all".
+    """
+    if fine_tune_last is not None and freeze_until is not None:
+        raise GenreclsError("give either --fine-tune-last or --freeze-until, not both")
+    base = base_network(backbone)
+    all_layers = base.layers
+    if fine_tune_last == -1:
+        first = 0
+    elif fine_tune_last is not None:
+        first = max(0, len(all_layers) - fine_tune_last)
+    elif freeze_until is not None:
+        first = freeze_until
+    else:
+        first = len(all_layers)
+    if not 0 <= first <= len(all_layers):
+        raise GenreclsError(f"layer index {first} is outside 0..{len(all_layers)} for {base.name}")
+    backbone.trainable = True
+    for i, layer in enumerate(all_layers):
+        frozen = i < first or (first > 0 and isinstance(layer, layers.BatchNormalization))
+        layer.trainable = not frozen
+    if first == len(all_layers):
+        backbone.trainable = False
+        return "frozen"
+    return "all" if first == 0 else "partial"

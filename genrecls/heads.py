@@ -1,0 +1,61 @@
+"""Fully connected heads on pooled backbone features.
+
+Dense + ReLU + batch normalisation per hidden layer (report 002), optional
+dropout before the output, output width and activation set by the mode.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from genrecls.errors import GenreclsError
+
+# Named widths that mirror the reports; any comma list works too.
+HEAD_PRESETS = {
+    "report002": (512, 256),  # two hidden layers; the second is what report 002 tuned (64..512)
+    "report004": (1024, 128),
+    "small": (128, 64),
+}
+
+
+def parse_units(spec: str | Sequence[int]) -> tuple[int, ...]:
+    """'256,128' or a preset name -> (256, 128); '' -> no hidden layer."""
+    if not isinstance(spec, str):
+        units = tuple(int(u) for u in spec)
+    elif spec in HEAD_PRESETS:
+        units = HEAD_PRESETS[spec]
+    else:
+        try:
+            units = tuple(int(u) for u in spec.split(",") if u.strip())
+        except ValueError:
+            raise GenreclsError(
+                f"head {spec!r} is neither a preset ({', '.join(HEAD_PRESETS)}) nor widths like 256,128"
+            ) from None
+    if any(u <= 0 for u in units):
+        raise GenreclsError(f"head widths must be positive, not {units}")
+    return units
+
+
+def build_head(
+    feature_dim: int,
+    outputs: int,
+    activation: str,
+    units: Sequence[int] = HEAD_PRESETS["report002"],
+    dropout: float = 0.0,
+    name: str = "head",
+) -> keras.Model:
+    """Features (feature_dim,) -> `outputs` probabilities."""
+    if not 0 <= dropout < 1:
+        raise GenreclsError(f"dropout must be in [0, 1), not {dropout}")
+    inputs = keras.Input((feature_dim,), name="features")
+    x = inputs
+    for i, width in enumerate(units):
+        x = layers.Dense(width, activation="relu", name=f"dense_{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    out = layers.Dense(outputs, activation=activation, name="probabilities")(x)
+    return keras.Model(inputs, out, name=name)
