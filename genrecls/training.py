@@ -20,6 +20,7 @@ import platform
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,7 +289,8 @@ class Inputs:
         )
 
 
-def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_weight=None) -> pd.DataFrame:
+def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_weight=None,
+        extra_callbacks=()) -> pd.DataFrame:
     """model.fit with the house callbacks; returns the epoch history.
 
     EarlyStopping (val_loss, patience, best weights restored), a .keras
@@ -304,10 +306,15 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history), append=True),
     ]
+    callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-              class_weight=class_weight, verbose=cfg.verbose)
+    with warnings.catch_warnings():
+        # tf.data's error skipping hides the dataset length, so Keras warns at each
+        # first epoch's end that the data "ran out": expected, not a problem.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+                  class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
     return pd.read_csv(history) if history.exists() else pd.DataFrame()
 
 
@@ -321,9 +328,10 @@ def _slug(j: int, genre: str) -> str:
 class Trainer:
     """Trains one run into its folder. `train()` is the function most callers want."""
 
-    def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False):
+    def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, callbacks=()):
         self.cfg = cfg
         self.out = Path(out)
+        self.callbacks = list(callbacks)  # extra Keras callbacks for every fit
         self._claim_folder(overwrite)
 
     def _claim_folder(self, overwrite: bool) -> None:
@@ -333,7 +341,7 @@ class Trainer:
         if (self.out / "metrics.json").exists():
             raise GenreclsError(f"{self.out} already holds a finished run; pass --overwrite or another --out")
         if config_file.exists():
-            previous = json.loads(config_file.read_text()).get("config", {})
+            previous = json.loads(config_file.read_text())
             now = self.cfg.to_json()
             changed = sorted(k for k in now if k != "verbose" and previous.get(k) != now[k])
             if changed:
@@ -343,7 +351,7 @@ class Trainer:
                 )
             print(f"resuming the unfinished run in {self.out}", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps({"config": self.cfg.to_json(), "versions": versions()}, indent=2))
+        config_file.write_text(json.dumps({**self.cfg.to_json(), "versions": versions()}, indent=2))
 
     def run(self, table: PosterTable | None = None) -> dict:
         cfg = self.cfg
@@ -409,7 +417,7 @@ class Trainer:
             class_weight = class_weights(data.strata[train], cfg.class_weight)
         compile_for(fitted, cfg.mode, cfg.learning_rate, pos_weight)
         history = fit(fitted, inputs.dataset(train, T[train], True), inputs.dataset(split.val, T[split.val], False),
-                      cfg, self.out / "checkpoints", "model", class_weight)
+                      cfg, self.out / "checkpoints", "model", class_weight, self.callbacks)
         history.to_csv(self.out / "history.csv", index=False)
         full.save(self.out / "model.keras")
         return full, (head if use_features else None)
@@ -451,7 +459,7 @@ class Trainer:
         weights = class_weights(y_train.astype(int), cfg.class_weight) if cfg.class_weight else None
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True),
             inputs.dataset(val_idx, y_val[:, None], False),
-            cfg, self.out / "checkpoints", _slug(j, genre), weights)
+            cfg, self.out / "checkpoints", _slug(j, genre), weights, self.callbacks)
         fitted.save(path)
         return fitted
 
@@ -492,9 +500,14 @@ def combine_members(members: list, backbone: keras.Model | None) -> keras.Model:
     return keras.Model(inputs, out, name="genrecls_ova")
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, table: PosterTable | None = None) -> dict:
-    """Train one run into the folder `out` and return its test metrics."""
-    return Trainer(cfg, out, overwrite).run(table)
+def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, table: PosterTable | None = None,
+          callbacks=()) -> dict:
+    """Train one run into the folder `out` and return its test metrics.
+
+    Re-running it on the same folder with the same config resumes an
+    interrupted run; `callbacks` are extra Keras callbacks for every fit.
+    """
+    return Trainer(cfg, out, overwrite, callbacks).run(table)
 
 
 def load_run_model(run: str | os.PathLike) -> keras.Model:

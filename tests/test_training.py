@@ -1,0 +1,169 @@
+"""The three modes on tiny data, cached features, resume, run folder contents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from genrecls.cli import main
+from genrecls.errors import GenreclsError
+from genrecls.pipeline import make_dataset
+from genrecls.training import TrainConfig, WeightedBinaryCrossentropy, load_run_model, train
+from tests.conftest import REPO
+
+TINY = dict(backbone="simple", image_size=32, batch_size=16, head=(16,), verbose=0)
+
+
+def _config(demo_dir, **kw) -> TrainConfig:
+    return TrainConfig(data=str(demo_dir), **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel", "ova"])
+def test_each_mode_trains_one_epoch_and_writes_its_run(mode, demo_dir, tmp_path):
+    run = tmp_path / mode
+    k = 3 if mode == "ova" else 7  # fewer OvA members keep the test quick
+    report = train(_config(demo_dir, mode=mode, epochs=1, class_weight="balanced", top_k=k), run)
+    genres = json.loads((run / "genres.json").read_text())["genres"]
+    assert len(genres) == k
+    assert set(report["genres"]) == set(genres)
+    saved = json.loads((run / "metrics.json").read_text())
+    for m in saved["genres"].values():
+        assert {"precision", "recall", "f1", "support", "random_f1"} <= set(m)
+    assert {"f1_micro", "f1_macro", "f1_weighted"} <= set(saved["overall"])
+    assert sum(m["support"] for m in saved["genres"].values()) >= saved["overall"]["test_posters"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["mode"] == mode and "tensorflow" in config["versions"]
+    assert TrainConfig.from_json(config).to_json() == {k: v for k, v in config.items() if k != "versions"}
+    history = pd.read_csv(run / "history.csv")
+    assert "val_loss" in history and len(history) == (3 if mode == "ova" else 1)
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["test"]) & set(split["train"])
+
+    model = load_run_model(run)
+    assert model.output_shape == (None, k)
+    probs = model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    if mode == "multiclass":
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    else:
+        assert ((probs >= 0) & (probs <= 1)).all()
+    if mode == "ova":
+        members = sorted(p.name for p in (run / "ova").glob("*.keras"))
+        assert len(members) == 4 and "combined.keras" in members
+
+
+def test_cached_features_match_training_through_the_frozen_backbone(demo_dir, tmp_path):
+    """fine_tune_last=0 freezes the (random) backbone, so heads can train on cached features.
+
+    Both paths see the same posters in the same order from the same initial
+    weights; only float rounding differs (convolutions over other batches),
+    which Adam amplifies a little, hence the tolerances.
+    """
+    common = dict(mode="multilabel", epochs=3, fine_tune_last=0, weights=None, learning_rate=0.01)
+    cached = train(_config(demo_dir, cache_features=True, **common), tmp_path / "cached")
+    direct = train(_config(demo_dir, cache_features=False, **common), tmp_path / "direct")
+    first_loss = [pd.read_csv(tmp_path / r / "history.csv")["loss"][0] for r in ("cached", "direct")]
+    assert first_loss[0] == pytest.approx(first_loss[1], rel=1e-3)
+    a, b = load_run_model(tmp_path / "cached"), load_run_model(tmp_path / "direct")
+    images = np.concatenate([x for x, _ in make_dataset(
+        sorted((demo_dir / "posters").glob("*.jpg"))[::6], np.zeros(14), image_size=32, batch_size=16)])
+    pa, pb = a.predict(images, verbose=0), b.predict(images, verbose=0)
+    assert np.abs(pa - 0.5).mean() > 0.1  # the heads learned something to compare
+    np.testing.assert_allclose(pa, pb, atol=0.03)
+    assert cached["overall"]["f1_micro"] == pytest.approx(direct["overall"]["f1_micro"], abs=0.03)
+
+
+def test_a_killed_run_resumes_from_its_backup(demo_dir, tmp_path):
+    """SIGKILL the training process after its second epoch, then run the same command again."""
+    run = tmp_path / "run"
+    script = tmp_path / "train_once.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, keras
+        from genrecls.training import TrainConfig, train
+
+        class KillAfterSecondEpoch(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1 and sys.argv[1] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        class RecordEpochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                print("EPOCH", epoch, flush=True)
+
+        cfg = TrainConfig(data={str(demo_dir)!r}, mode="multiclass", epochs=4, patience=10,
+                          backbone="simple", image_size=32, batch_size=16, head=(16,), verbose=0)
+        train(cfg, {str(run)!r}, callbacks=[KillAfterSecondEpoch(), RecordEpochs()])
+    """))
+    first = subprocess.run([sys.executable, str(script), "kill"], capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert [line for line in first.stdout.splitlines() if line.startswith("EPOCH")] == ["EPOCH 0", "EPOCH 1"]
+    assert not (run / "metrics.json").exists()
+    second = subprocess.run([sys.executable, str(script), "resume"], capture_output=True, text=True, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming the unfinished run" in second.stdout
+    assert [line for line in second.stdout.splitlines() if line.startswith("EPOCH")] == ["EPOCH 2", "EPOCH 3"]
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    assert (run / "metrics.json").exists()
+
+
+def test_finished_and_conflicting_runs_are_protected(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_config(demo_dir, mode="multiclass", epochs=1), run)
+    with pytest.raises(GenreclsError, match="finished run"):
+        train(_config(demo_dir, mode="multiclass", epochs=1), run)
+    (run / "metrics.json").unlink()
+    with pytest.raises(GenreclsError, match="other settings \\(epochs\\)"):
+        train(_config(demo_dir, mode="multiclass", epochs=2), run)
+    train(_config(demo_dir, mode="multiclass", epochs=1, balance="undersample"), run, overwrite=True)
+    assert (run / "metrics.json").exists()
+
+
+def test_weighted_binary_crossentropy():
+    y = np.array([[1.0, 0.0]], "float32")
+    p = np.array([[0.8, 0.3]], "float32")
+    loss = WeightedBinaryCrossentropy([2.0, 1.0])(y, p)
+    expected = -(2.0 * np.log(0.8) + np.log(0.7)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    restored = keras.losses.deserialize(keras.losses.serialize(WeightedBinaryCrossentropy([2.0, 1.0])))
+    assert restored.pos_weight == [2.0, 1.0]
+
+
+def test_config_errors_are_clear(demo_dir):
+    with pytest.raises(GenreclsError, match="unknown mode"):
+        _config(demo_dir, mode="regression")
+    with pytest.raises(GenreclsError, match="unknown backbone"):
+        _config(demo_dir, backbone="vgg")
+    with pytest.raises(GenreclsError, match="unknown config keys: colour"):
+        TrainConfig.from_json({"data": str(demo_dir), "colour": "red"})
+
+
+def test_cli_train_with_config_and_overrides(demo_dir, tmp_path, capsys):
+    args = ["train", str(demo_dir), "--mode", "multilabel", "--backbone", "simple", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "16", "--head", "16", "--quiet", "--out", str(tmp_path / "a")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "micro F1" in out and "random" in out
+    config = tmp_path / "a" / "config.json"
+    assert main(["train", "--config", str(config), "--top-k", "3", "--quiet", "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert again["top_k"] == 3 and again["mode"] == "multilabel" and again["image_size"] == 32
+    assert len(json.loads((tmp_path / "b" / "genres.json").read_text())["genres"]) == 3
+    assert main(["train", str(demo_dir), "--backbone", "vgg"]) == 1
+    assert "unknown backbone" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_posters_train_multilabel(ml1m, tmp_path):
+    """One epoch on the real MovieLens posters, top three genres plus Other."""
+    cfg = TrainConfig(data=str(ml1m), mode="multilabel", top_k=3, other=True, backbone="simple",
+                      image_size=32, batch_size=64, epochs=1, head=(16,), verbose=0)
+    report = train(cfg, tmp_path / "ml1m")
+    assert list(report["genres"]) == ["Drama", "Comedy", "Action", "Other"]
+    assert report["overall"]["test_posters"] == 489  # 15 % of 3,256
+    assert report["genres"]["Drama"]["support"] > 150
