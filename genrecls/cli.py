@@ -106,6 +106,31 @@ def cmd_train(args) -> None:
     cfg = train_config(args)
     out = args.out or os.path.join("models", f"{cfg.mode}-{cfg.backbone}")
     train(cfg, out, overwrite=args.overwrite)
+    if args.report:
+        _evaluate(out, None, "test", True, 0.5)
+
+
+def _evaluate(run, data, split, tune, threshold) -> None:
+    from genrecls.evaluation import format_table
+    from genrecls.report import evaluate_run
+
+    report = evaluate_run(run, data=data, split=split, tune_thresholds=tune, threshold=threshold)
+    print(f"\n{split} split, decisions: {report['thresholds_source']}")
+    print(format_table(report))
+    print(f"\nreport written to {os.path.join(run, 'report.md')} (with metrics.json, thresholds.json and plots)")
+
+
+def cmd_evaluate(args) -> None:
+    _evaluate(args.run, args.data, args.split, not args.global_threshold, args.threshold)
+
+
+def cmd_compare(args) -> None:
+    from genrecls.report import compare_runs
+
+    table = compare_runs(args.runs, args.out)
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        print(f"\nwritten to {os.path.join(args.out, 'comparison.md')} and comparison.csv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: models/MODE-BACKBONE)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the evaluation (thresholds, report.md, plots) after training")
     g = p.add_argument_group("labels")
     g.add_argument("--mode", choices=["multiclass", "multilabel", "ova"], help="training mode [ova]")
     g.add_argument("--genres", help="comma-separated genres to predict [all]")
@@ -187,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train through the frozen backbone every epoch instead of on cached features")
     g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="per-genre report of a run: metrics.json, report.md, thresholds.json, plots",
+        description="Evaluate a run folder on one split. Per-genre thresholds are chosen on the "
+        "validation split (never on test) and saved for predict and export. Writes metrics.json, "
+        "report.md and PNG plots into the run folder.",
+    )
+    p.add_argument("run", help="run folder written by 'genrecls train'")
+    p.add_argument("--data", help="dataset folder, if it moved since training")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to score [test]")
+    p.add_argument("--global-threshold", action="store_true",
+                   help="one threshold for every genre instead of per-genre thresholds from validation")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="the global threshold, and the fallback for genres without validation positives [0.5]")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="side-by-side per-genre F1 of several runs",
+                       description="Print (and with --out write as Markdown and CSV) the per-genre F1 "
+                       "of several evaluated runs side by side, e.g. OvA against a single CNN.")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", help="folder for comparison.md and comparison.csv")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

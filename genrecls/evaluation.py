@@ -1,8 +1,14 @@
-"""Per-genre metrics with a random-guess baseline, from scikit-learn.
+"""Metrics, thresholds and baselines, computed with scikit-learn.
 
 Multi-label accuracy flatters a model that predicts nothing, so the
-package reports per-genre precision, recall and F1, micro/macro/weighted
-F1, and beside each genre's F1 the F1 of guessing at random.
+package reports per-genre precision, recall, F1, ROC-AUC and average
+precision; micro/macro/weighted/samples F1, Hamming loss, subset accuracy,
+mAP and MAP@k; and beside them two baselines: guessing each genre at random
+with its training prevalence, and always predicting the most common genres.
+
+Truth is always the movies' real (multi-hot) genres. A multiclass model
+predicts its argmax genre; multilabel and OvA models predict every genre
+whose probability reaches its threshold.
 """
 
 from __future__ import annotations
@@ -10,7 +16,51 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    hamming_loss,
+    multilabel_confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+# ----------------------------------------------------------------- thresholds
+
+
+def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per-genre threshold maximising F1 on the validation split.
+
+    Takes only validation arrays, so the test split cannot leak in. A genre
+    without positives in validation keeps `default`.
+    """
+    y_val = np.asarray(y_val).astype(int)
+    thresholds = np.full(y_val.shape[1], default, dtype=float)
+    for j in range(y_val.shape[1]):
+        if y_val[:, j].sum() == 0:
+            continue
+        precision, recall, cuts = precision_recall_curve(y_val[:, j], p_val[:, j])
+        f1 = np.divide(2 * precision * recall, precision + recall,
+                       out=np.zeros_like(precision), where=(precision + recall) > 0)
+        best = int(np.argmax(f1[:-1]))  # the last point has no threshold
+        thresholds[j] = float(cuts[best])
+    return thresholds
+
+
+def decide(probabilities: np.ndarray, mode: str, thresholds) -> np.ndarray:
+    """Binary predictions (N, K): argmax for multiclass, thresholds otherwise."""
+    probabilities = np.asarray(probabilities)
+    if mode == "multiclass":
+        return np.eye(probabilities.shape[1], dtype=int)[probabilities.argmax(axis=1)]
+    return (probabilities >= np.asarray(thresholds)).astype(int)
+
+
+# ------------------------------------------------------------------ baselines
 
 
 def random_guess_f1(train_prevalence: np.ndarray, test_prevalence: np.ndarray) -> np.ndarray:
@@ -26,55 +76,149 @@ def random_guess_f1(train_prevalence: np.ndarray, test_prevalence: np.ndarray) -
     return np.divide(2 * p * q, total, out=np.zeros_like(total), where=total > 0)
 
 
-def per_genre_report(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    names: Sequence[str],
-    train_prevalence: np.ndarray,
-) -> dict:
-    """Per-genre precision/recall/F1/support, overall F1s, random baseline.
+def most_common_prediction(train_truth: np.ndarray, n: int) -> np.ndarray:
+    """Predict the m most common training genres for every poster.
 
-    y_true, y_pred: binary (N, K) arrays. A genre with no positives gets
-    zeros (scikit-learn's zero_division=0), never a crash or a NaN.
+    m is the mean number of genres per training poster, rounded, at least 1.
+    """
+    train_truth = np.asarray(train_truth)
+    m = max(1, int(round(train_truth.sum(axis=1).mean())))
+    top = np.argsort(-train_truth.sum(axis=0), kind="stable")[:m]
+    pred = np.zeros((n, train_truth.shape[1]), dtype=int)
+    pred[:, top] = 1
+    return pred
+
+
+# -------------------------------------------------------------------- metrics
+
+
+def map_at_k(y_true: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
+    """Mean over posters of AP@k of the top-k ranked genres (report 000).
+
+    AP@k = sum over ranks i <= k of precision@i at each hit, divided by
+    min(k, number of true genres). Posters without genres are skipped.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    order = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+    hits = np.take_along_axis(y_true, order, axis=1)
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    relevant = y_true.sum(axis=1)
+    keep = relevant > 0
+    ap = (precision_at * hits).sum(axis=1)[keep] / np.minimum(relevant[keep], k)
+    return float(ap.mean()) if len(ap) else 0.0
+
+
+def _per_column(metric, y_true: np.ndarray, scores: np.ndarray) -> list:
+    """A ranking metric per genre, None where it is undefined (one class only)."""
+    out = []
+    for j in range(y_true.shape[1]):
+        column = y_true[:, j]
+        out.append(float(metric(column, scores[:, j])) if 0 < column.sum() < len(column) else None)
+    return out
+
+
+def _f1s(y_true, y_pred) -> dict:
+    return {
+        f"f1_{avg}": float(f1_score(y_true, y_pred, average=avg, zero_division=0))
+        for avg in ("micro", "macro", "weighted", "samples")
+    }
+
+
+def evaluate_predictions(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    names: Sequence[str],
+    mode: str,
+    thresholds,
+    train_truth: np.ndarray,
+    true_class: np.ndarray | None = None,
+    k: int = 3,
+) -> dict:
+    """Every metric and baseline of one split, as a JSON-ready dict.
+
+    y_true: multi-hot real genres (N, K). probabilities: model output (N, K).
+    thresholds: a float or one per genre (ignored for multiclass).
+    train_truth: multi-hot training labels, for the baselines' prevalences.
+    true_class: one collapsed label per poster, for the multiclass view.
+    A genre with no positives gets zeros and nulls, never a crash or NaN.
     """
     y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, average=None, zero_division=0
-    )
-    baseline = random_guess_f1(train_prevalence, y_true.mean(axis=0))
-    genres = {
-        name: {
+    probabilities = np.asarray(probabilities, dtype=float)
+    names = list(names)
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(names),))
+    y_pred = decide(probabilities, mode, thresholds)
+
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    auc = _per_column(roc_auc_score, y_true, probabilities)
+    ap = _per_column(average_precision_score, y_true, probabilities)
+    confusion = multilabel_confusion_matrix(y_true, y_pred)
+    random_f1 = random_guess_f1(np.asarray(train_truth).mean(axis=0), y_true.mean(axis=0))
+    common = most_common_prediction(train_truth, len(y_true))
+    _, _, common_f1, _ = precision_recall_fscore_support(y_true, common, average=None, zero_division=0)
+
+    genres = {}
+    for j, name in enumerate(names):
+        genres[name] = {
             "precision": float(precision[j]),
             "recall": float(recall[j]),
             "f1": float(f1[j]),
             "support": int(support[j]),
-            "random_f1": float(baseline[j]),
-            "beats_random": bool(f1[j] > baseline[j]),
+            "roc_auc": auc[j],
+            "average_precision": ap[j],
+            "threshold": None if mode == "multiclass" else float(thresholds[j]),
+            "random_f1": float(random_f1[j]),
+            "most_common_f1": float(common_f1[j]),
+            "beats_random": bool(f1[j] > random_f1[j]),
+            "confusion": confusion[j].tolist(),  # [[tn, fp], [fn, tp]]
         }
-        for j, name in enumerate(names)
-    }
+    defined_ap = [a for a in ap if a is not None]
     overall = {
-        f"f1_{avg}": float(f1_score(y_true, y_pred, average=avg, zero_division=0))
-        for avg in ("micro", "macro", "weighted")
+        **_f1s(y_true, y_pred),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "map": float(np.mean(defined_ap)) if defined_ap else None,
+        f"map_at_{k}": map_at_k(y_true, probabilities, k),
+        "posters": int(len(y_true)),
     }
-    overall["random_f1_macro"] = float(baseline.mean())
-    overall["test_posters"] = int(len(y_true))
-    return {"genres": genres, "overall": overall}
+    baselines = {
+        "random": {"f1_macro": float(random_f1.mean())},
+        "most_common": {**_f1s(y_true, common), "genres": [n for n, c in zip(names, common[0]) if c]},
+    }
+    report = {"genres": genres, "overall": overall, "baselines": baselines}
+    if true_class is not None:
+        report["multiclass_view"] = multiclass_view(true_class, probabilities, names)
+    return report
 
 
-def format_report(report: dict) -> str:
-    """The per-genre table printed at the end of training."""
-    lines = [f"{'genre':<18}{'prec':>7}{'recall':>8}{'F1':>7}{'random':>8}{'support':>9}"]
+def multiclass_view(true_class: np.ndarray, probabilities: np.ndarray, names: Sequence[str]) -> dict:
+    """Argmax accuracy and per-class precision/recall against one label per poster (report 002)."""
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    labels = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_class, predicted, labels=labels, average=None, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(true_class, predicted)),
+        "classes": {
+            name: {"precision": float(precision[j]), "recall": float(recall[j]),
+                   "f1": float(f1[j]), "support": int(support[j])}
+            for j, name in enumerate(names)
+        },
+    }
+
+
+def format_table(report: dict) -> str:
+    """The per-genre table printed at the end of training and evaluation."""
+    lines = [f"{'genre':<18}{'prec':>7}{'recall':>8}{'F1':>7}{'random':>8}{'common':>8}{'support':>9}"]
     for name, m in report["genres"].items():
         flag = "" if m["beats_random"] else "  <= random"
         lines.append(
             f"{name:<18}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
-            f"{m['random_f1']:>8.3f}{m['support']:>9}{flag}"
+            f"{m['random_f1']:>8.3f}{m['most_common_f1']:>8.3f}{m['support']:>9}{flag}"
         )
     o = report["overall"]
     lines.append(
         f"micro F1 {o['f1_micro']:.3f}   macro F1 {o['f1_macro']:.3f}   weighted F1 {o['f1_weighted']:.3f}"
-        f"   (random macro F1 {o['random_f1_macro']:.3f}, {o['test_posters']} test posters)"
+        f"   (random macro F1 {report['baselines']['random']['f1_macro']:.3f}, {o['posters']} posters)"
     )
     return "\n".join(lines)

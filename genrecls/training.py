@@ -33,7 +33,7 @@ from genrecls import __version__
 from genrecls.backbones import build_backbone, get_spec, normalize_weights, set_trainable
 from genrecls.datasets import PosterTable, load_dataset
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import format_report, per_genre_report
+from genrecls.evaluation import DEFAULT_THRESHOLD, evaluate_predictions, format_table
 from genrecls.heads import build_head, parse_units
 from genrecls.labels import (
     GenreVocabulary,
@@ -373,16 +373,17 @@ class Trainer:
         else:
             model, on_features = self._train_single(data, T, split, backbone, trainable, inputs, use_features)
 
-        probabilities, truth = predict_split(on_features or model, inputs, split.test, T)
-        predicted = self._decide(probabilities)
-        report = per_genre_report(truth, predicted, data.vocab.names, T[split.train].mean(axis=0))
-        report["mode"] = cfg.mode
-        report["threshold"] = None if cfg.mode == "multiclass" else 0.5
+        probabilities, rows = predict_split(on_features or model, inputs, split.test)
+        report = evaluate_predictions(
+            data.Y[rows], probabilities, data.vocab.names, cfg.mode, DEFAULT_THRESHOLD,
+            train_truth=data.Y[split.train], true_class=data.strata[rows],
+        )
+        report = {"mode": cfg.mode, "split": "test", **report}
         report["dropped"] = {**data.table.dropped.to_dict(), "no genre in vocabulary": data.unlabelled}
         report["seconds"] = round(time.time() - started, 1)
         (self.out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
         shutil.rmtree(self.out / "checkpoints" / "backup", ignore_errors=True)
-        print("\n" + format_report(report), flush=True)
+        print("\n" + format_table(report), flush=True)
         print(f"\nrun written to {self.out}", flush=True)
         return report
 
@@ -463,15 +464,10 @@ class Trainer:
         fitted.save(path)
         return fitted
 
-    def _decide(self, probabilities: np.ndarray) -> np.ndarray:
-        if self.cfg.mode == "multiclass":
-            return np.eye(probabilities.shape[1], dtype=int)[probabilities.argmax(axis=1)]
-        return (probabilities >= 0.5).astype(int)
-
-
-def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, T: np.ndarray):
-    """Probabilities and the matching truth rows (labels travel with the inputs)."""
-    batches = [(model(x, training=False).numpy(), y.numpy()) for x, y in inputs.dataset(idx, T[idx], False)]
+def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and the row index of each (rows travel with the inputs, so skips cannot misalign)."""
+    batches = [(model(x, training=False).numpy(), rows.numpy())
+               for x, rows in inputs.dataset(idx, idx.astype("int64"), training=False)]
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 

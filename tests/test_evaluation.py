@@ -1,0 +1,134 @@
+"""Metrics against hand-computed values; thresholds from validation only; report files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from genrecls import report as report_module
+from genrecls.cli import main
+from genrecls.evaluation import (
+    choose_thresholds,
+    decide,
+    evaluate_predictions,
+    map_at_k,
+    most_common_prediction,
+    random_guess_f1,
+)
+from genrecls.report import compare_runs, evaluate_run
+from genrecls.training import TrainConfig, train
+
+# 4 posters, 3 genres; genre C has no positives in this split.
+Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
+P = np.array([[0.9, 0.2, 0.1], [0.6, 0.4, 0.7], [0.3, 0.8, 0.2], [0.7, 0.1, 0.4]])
+TRAIN = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 1]])  # prevalences 3/4, 2/4, 1/4
+
+
+def test_per_genre_and_overall_metrics_by_hand():
+    r = evaluate_predictions(Y, P, ["A", "B", "C"], "multilabel", 0.5, TRAIN)
+    a, b, c = (r["genres"][g] for g in "ABC")
+    # A: predicted on posters 0,1,3; true on 0,1 -> P 2/3, R 1, F1 0.8
+    assert (a["precision"], a["recall"], a["f1"], a["support"]) == pytest.approx((2 / 3, 1, 0.8, 2))
+    # B: predicted on poster 2 only; true on 1,2 -> P 1, R 1/2, F1 2/3
+    assert (b["precision"], b["recall"], b["f1"]) == pytest.approx((1, 0.5, 2 / 3))
+    # C: no positives, one false positive: zeros and nulls, no NaN or crash
+    assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0, 0, 0, 0)
+    assert c["roc_auc"] is None and c["average_precision"] is None
+    assert a["confusion"] == [[1, 1], [0, 2]]
+    assert a["roc_auc"] == pytest.approx(3 / 4)  # 3 of 4 positive-negative pairs ranked right
+    assert b["roc_auc"] == pytest.approx(1.0)  # both positives outrank both negatives
+    o = r["overall"]
+    # micro: TP 3 (A 2, B 1), FP 2 (A 1, C 1), FN 1 (B) -> P 3/5, R 3/4, F1 2/3
+    assert o["f1_micro"] == pytest.approx(2 / 3)
+    assert o["f1_macro"] == pytest.approx((0.8 + 2 / 3 + 0) / 3)
+    assert o["f1_weighted"] == pytest.approx((0.8 * 2 + 2 / 3 * 2) / 4)
+    assert o["hamming_loss"] == pytest.approx(3 / 12)
+    assert o["subset_accuracy"] == pytest.approx(2 / 4)  # posters 0 and 2 exactly right
+    # AP of A: ranks pos, neg, pos -> (1 + 2/3) / 2; AP of B: 1; C undefined
+    assert o["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    # random guess: F1 = 2pq/(p+q) with train prevalence p, test prevalence q
+    assert a["random_f1"] == pytest.approx(2 * 0.75 * 0.5 / 1.25)
+    assert c["random_f1"] == 0.0
+    assert a["beats_random"] and not c["beats_random"]
+    # most common: 1.5 genres per training poster round to 2 -> always predict A and B
+    assert r["baselines"]["most_common"]["genres"] == ["A", "B"]
+    assert a["most_common_f1"] == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_baselines_and_map_at_k_by_hand():
+    np.testing.assert_allclose(random_guess_f1([0.5, 0.0], [0.5, 0.0]), [0.5, 0.0])
+    assert most_common_prediction(np.array([[1, 1, 0], [1, 1, 1], [1, 1, 0]]), 2).tolist() == [[1, 1, 0]] * 2
+    # poster 0: ranks A(hit); AP@2 = 1/1. poster 1: ranks C(miss) A(hit) -> (1/2)/min(2,2) = 1/4
+    # poster 2: ranks B(hit) -> 1/1. poster 3 has no genres: skipped.
+    assert map_at_k(Y, P, k=2) == pytest.approx((1 + 0.25 + 1) / 3)
+
+
+def test_multiclass_decisions_and_view():
+    assert decide(P, "multiclass", 0.99).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    r = evaluate_predictions(Y, P, ["A", "B", "C"], "multiclass", 0.5, TRAIN, true_class=np.array([0, 1, 1, 0]))
+    assert r["genres"]["A"]["threshold"] is None
+    view = r["multiclass_view"]
+    assert view["accuracy"] == pytest.approx(3 / 4)  # argmax 0,2,1,0 against 0,1,1,0
+    assert view["classes"]["B"]["recall"] == pytest.approx(0.5)
+
+
+def test_thresholds_maximise_validation_f1():
+    y_val = np.array([[1, 0], [1, 0], [0, 0], [0, 0]])
+    p_val = np.array([[0.35, 0.9], [0.3, 0.2], [0.2, 0.1], [0.1, 0.3]])
+    thresholds = choose_thresholds(y_val, p_val, default=0.5)
+    assert thresholds[0] == pytest.approx(0.3)  # catches both positives, no false one
+    assert thresholds[1] == 0.5  # no positives in validation: the default stays
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "ova"
+    cfg = TrainConfig(data=str(demo_dir), mode="ova", top_k=3, backbone="simple", image_size=32,
+                      batch_size=16, head=(16,), epochs=2, verbose=0)
+    train(cfg, run)
+    return run
+
+
+def test_evaluate_run_uses_validation_for_thresholds_and_writes_report(demo_run, monkeypatch):
+    seen = {}
+    real_choose = report_module.choose_thresholds
+
+    def spy(y_val, p_val, default):
+        seen["n"] = len(y_val)
+        return real_choose(y_val, p_val, default)
+
+    monkeypatch.setattr(report_module, "choose_thresholds", spy)
+    report = evaluate_run(demo_run)
+    split = json.loads((demo_run / "split.json").read_text())
+    assert seen["n"] == len(split["val"])  # thresholds chosen on exactly the validation posters
+    assert report["overall"]["posters"] == len(split["test"])
+    thresholds = json.loads((demo_run / "thresholds.json").read_text())
+    assert "validation" in thresholds["source"]
+    assert list(thresholds["thresholds"]) == list(report["genres"])
+    assert [report["genres"][g]["threshold"] for g in report["genres"]] == list(thresholds["thresholds"].values())
+    for name in ("genre_distribution.png", "training_curves.png", "f1_vs_random.png",
+                 "precision_recall.png", "confusion_matrices.png"):
+        assert (demo_run / name).read_bytes()[:4] == b"\x89PNG", name
+    md = (demo_run / "report.md").read_text()
+    assert "| Action |" in md and "random F1" in md and "![Precision-recall curves](precision_recall.png)" in md
+    saved = json.loads((demo_run / "metrics.json").read_text())
+    assert saved["split"] == "test" and "multiclass_view" in saved and "map_at_3" in saved["overall"]
+
+    glob = evaluate_run(demo_run, tune_thresholds=False, threshold=0.3, plots=False)
+    assert {m["threshold"] for m in glob["genres"].values()} == {0.3}
+
+
+def test_evaluate_and_compare_cli(demo_run, tmp_path, capsys):
+    assert main(["evaluate", str(demo_run), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "val split" in out and "micro F1" in out
+    assert "optimistic" in (demo_run / "report.md").read_text()
+    assert main(["compare", str(demo_run), str(demo_run), "--out", str(tmp_path)]) == 0
+    assert "macro F1" in capsys.readouterr().out
+    assert (tmp_path / "comparison.md").read_text().startswith("| genre |")
+    table = compare_runs([demo_run, demo_run])
+    assert list(table.index[:3]) == json.loads((demo_run / "genres.json").read_text())["genres"]
+    assert main(["compare", str(demo_run)]) == 1
+    assert main(["evaluate", str(tmp_path)]) == 1
