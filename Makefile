@@ -22,11 +22,16 @@ TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) --backbone $(BACKBONE) --we
 	--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
 	--out $(OUT) --overwrite $(EXTRA)
 
-.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass
+RUN        ?= models/demo-ova
+IMAGES     ?= $(DEMO_DATA)/posters
+
+.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass export predict
 
 help:
 	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
 	@echo "make train-ova | train-multilabel | train-multiclass  [DATA= BACKBONE= WEIGHTS= EPOCHS= IMAGE_SIZE= BATCH_SIZE= OUT= EXTRA=]"
+	@echo "make export RUN=models/RUN   - SavedModel serving image bytes in RUN/export"
+	@echo "make predict RUN=models/RUN IMAGES='a.jpg folder/'   - genres of new posters"
 	@echo "make test   - run the test suite"
 	@echo "make install - create .venv and install genrecls with its dev extra"
 	@echo "make clean  - remove .venv, caches, generated demo data and runs"
@@ -51,6 +56,12 @@ train-ova train-multilabel train-multiclass: MODE = $(patsubst train-%,%,$@)
 train-ova train-multilabel train-multiclass: install
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
 	$(TRAIN)
+
+export: install
+	$(BIN)/genrecls export $(RUN)
+
+predict: install
+	$(BIN)/genrecls predict $(RUN) $(IMAGES)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -133,6 +133,26 @@ def cmd_compare(args) -> None:
         print(f"\nwritten to {os.path.join(args.out, 'comparison.md')} and comparison.csv")
 
 
+def cmd_export(args) -> None:
+    from genrecls.export import export_run
+
+    out = export_run(args.run, args.out, args.format)
+    print(f"exported to {out}")
+
+
+def cmd_predict(args) -> None:
+    from genrecls.export import format_predictions, predict_files
+
+    results = predict_files(args.source, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        print(format_predictions(results))
+    failed = sum(1 for r in results if r["error"])
+    if failed:
+        print(f"{failed} of {len(results)} files could not be predicted", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrecls",
@@ -236,6 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", help="folder for comparison.md and comparison.csv")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "export", help="write a SavedModel that serves raw image bytes",
+        description="Export a run as a TensorFlow SavedModel. serving_default takes encoded JPEG/PNG "
+        "bytes (decoding, resizing and preprocessing are inside the graph); serve_pixels takes float "
+        "RGB 0..255; both return probabilities, above_threshold and genres_above. Genres and "
+        "thresholds are stored in the graph and in metadata.json.",
+    )
+    p.add_argument("run", help="run folder (evaluate it first to export per-genre thresholds)")
+    p.add_argument("--out", help="export folder [RUN/export, or RUN/model.tflite]")
+    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
+                   help="saved_model (bytes in) or tflite (LiteRT, pixels in) [saved_model]")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "predict", help="predict the genres of poster files",
+        description="Print each poster's top genres with probabilities and the genres above their "
+        "thresholds. Folders are expanded to the images inside; unreadable files are reported and "
+        "the rest still predicted.",
+    )
+    p.add_argument("source", help="run folder or export folder")
+    p.add_argument("images", nargs="+", help="poster files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="genres to list per poster [3]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -511,5 +511,8 @@ def load_run_model(run: str | os.PathLike) -> keras.Model:
     run = Path(run)
     for candidate in (run / "model.keras", run / "ova" / "combined.keras"):
         if candidate.exists():
-            return keras.models.load_model(candidate, safe_mode=True)
+            try:
+                return keras.models.load_model(candidate, safe_mode=True)
+            except ValueError as exc:  # e.g. a Lambda layer, which safe mode refuses to unpickle
+                raise GenreclsError(f"refusing to load {candidate}: {str(exc).splitlines()[0][:300]}") from None
     raise GenreclsError(f"{run} holds no model.keras or ova/combined.keras; is it a run folder?")

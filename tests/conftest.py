@@ -69,3 +69,20 @@ def rng_labels(n: int, k: int, seed: int = 0, p: float = 0.3) -> np.ndarray:
     Y = (rng.random((n, k)) < p).astype("float32")
     Y[np.arange(n), rng.integers(0, k, n)] = 1  # every row has a genre
     return Y
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
+    """One evaluated one-epoch run per mode, trained once for the whole session."""
+    from genrecls.report import evaluate_run
+    from genrecls.training import TrainConfig, train
+
+    runs = {}
+    for mode in ("multiclass", "multilabel", "ova"):
+        run = tmp_path_factory.mktemp("runs") / mode
+        cfg = TrainConfig(data=str(demo_dir), mode=mode, top_k=3 if mode == "ova" else None, backbone="simple",
+                          image_size=32, batch_size=16, head=(16,), epochs=1, verbose=0)
+        train(cfg, run)
+        evaluate_run(run, plots=False)
+        runs[mode] = run
+    return runs

@@ -1,0 +1,215 @@
+"""SavedModel export that serves raw image bytes, and prediction on new posters.
+
+The export holds decoding, resizing, the backbone's preprocessing, the
+model and the thresholds in one TensorFlow graph, so TF Serving or plain
+`tf.saved_model.load` needs nothing from this package:
+
+    serving_default(images: string[N])        encoded JPEG/PNG bytes
+    serve_pixels(pixels: float32[N, S, S, 3]) decoded RGB in 0..255
+    metadata()                                genres and thresholds
+
+Both image signatures return `probabilities` float32[N, K],
+`above_threshold` bool[N, K] and `genres_above` string[N, K] (the genre's
+name where it is above its threshold, "" elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from genrecls.datasets import POSTER_EXTENSIONS, image_problem
+from genrecls.errors import GenreclsError
+from genrecls.evaluation import DEFAULT_THRESHOLD
+from genrecls.labels import GenreVocabulary
+from genrecls.pipeline import decode_image
+from genrecls.training import TrainConfig, load_run_model
+
+log = logging.getLogger(__name__)
+METADATA = "metadata.json"
+
+
+def run_metadata(run: str | os.PathLike) -> dict:
+    """Genres, thresholds and input settings of a run folder."""
+    run = Path(run)
+    cfg = TrainConfig.load(run / "config.json")
+    genres = GenreVocabulary.load(run / "genres.json").names
+    thresholds_file = run / "thresholds.json"
+    if thresholds_file.exists():
+        saved = json.loads(thresholds_file.read_text())["thresholds"]
+        thresholds = [float(saved[g]) for g in genres]
+        source = json.loads(thresholds_file.read_text())["source"]
+    else:
+        thresholds, source = [DEFAULT_THRESHOLD] * len(genres), f"global {DEFAULT_THRESHOLD} (run not evaluated)"
+    return {
+        "genres": genres, "thresholds": thresholds, "thresholds_source": source, "mode": cfg.mode,
+        "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,
+    }
+
+
+def _decisions(probabilities, genres, thresholds, mode: str) -> dict:
+    """Graph ops: which genres each poster gets, as dense tensors a signature can return."""
+    if mode == "multiclass":
+        above = tf.one_hot(tf.argmax(probabilities, axis=1), len(genres)) > 0.5
+    else:
+        above = probabilities >= thresholds
+    names = tf.where(above, tf.broadcast_to(genres, tf.shape(above)), tf.constant(""))
+    return {"probabilities": probabilities, "above_threshold": above, "genres_above": names}
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, format: str = "saved_model") -> Path:
+    """Write the run's model as a SavedModel serving bytes (or a .tflite of the pixel model)."""
+    run = Path(run)
+    meta = run_metadata(run)
+    model = load_run_model(run)
+    if format == "tflite":
+        return _export_tflite(model, meta, Path(out) if out else run / "model.tflite")
+    if format != "saved_model":
+        raise GenreclsError(f"export format must be saved_model or tflite, not {format!r}")
+    out = Path(out) if out else run / "export"
+    size, resize = meta["image_size"], meta["resize"]
+    genres = tf.constant(meta["genres"])
+    thresholds = tf.constant(meta["thresholds"], tf.float32)
+
+    def serve_pixels(pixels):
+        return _decisions(model(pixels, training=False), genres, thresholds, meta["mode"])
+
+    def serve_bytes(images):
+        pixels = tf.map_fn(lambda data: decode_image(data, size, resize), images,
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return serve_pixels(pixels)
+
+    # keras.export.ExportArchive is the machinery behind model.export(); it lets
+    # the bytes endpoint be serving_default and adds the pixel and metadata ones.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
+    archive.add_endpoint("serve_pixels", serve_pixels,
+                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    archive.add_endpoint("metadata", lambda: {"genres": genres, "thresholds": thresholds}, input_signature=[])
+    archive.write_out(str(out), verbose=False)
+    (out / METADATA).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    return out
+
+
+def _export_tflite(model, meta: dict, path: Path) -> Path:
+    """A LiteRT flatbuffer of the pixel model (decoding is not a LiteRT op)."""
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        path.write_bytes(converter.convert())
+    except Exception as exc:  # the converter raises many types; all mean "cannot convert here"
+        raise GenreclsError(f"this TensorFlow cannot convert the model to LiteRT: {str(exc)[:200]}") from None
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    return path
+
+
+# ------------------------------------------------------------------ predicting
+
+
+@dataclass
+class Predictor:
+    """Probabilities for encoded images, from a run folder or an export."""
+
+    probabilities_of: callable  # list[bytes] -> float32 (N, K)
+    meta: dict
+
+    @classmethod
+    def load(cls, source: str | os.PathLike) -> "Predictor":
+        source = Path(source)
+        if (source / "saved_model.pb").exists():
+            loaded = tf.saved_model.load(str(source))
+            serve = loaded.signatures["serving_default"]
+            meta = json.loads((source / METADATA).read_text()) if (source / METADATA).exists() else {
+                k: [v.decode() if isinstance(v, bytes) else float(v) for v in t.numpy()]
+                for k, t in loaded.signatures["metadata"]().items()}
+            meta.setdefault("mode", "multilabel")
+            return cls(lambda images: serve(images=tf.constant(images))["probabilities"].numpy(), meta)
+        if (source / "config.json").exists():
+            meta = run_metadata(source)
+            model = load_run_model(source)
+
+            def probabilities_of(images):
+                pixels = tf.stack([decode_image(tf.constant(b), meta["image_size"], meta["resize"]) for b in images])
+                return model(pixels, training=False).numpy()
+
+            return cls(probabilities_of, meta)
+        raise GenreclsError(f"{source} is neither a run folder (config.json) nor an export (saved_model.pb)")
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        if self.meta["mode"] == "multiclass":
+            return np.eye(probabilities.shape[1], dtype=bool)[probabilities.argmax(axis=1)]
+        return probabilities >= np.asarray(self.meta["thresholds"])
+
+
+def expand_inputs(paths: list) -> list[Path]:
+    """Files as given; folders become the image files directly inside them."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in POSTER_EXTENSIONS)
+        else:
+            files.append(p)
+    if not files:
+        raise GenreclsError("no poster files to predict")
+    return files
+
+
+def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32) -> list[dict]:
+    """One result per file: top-k genres, genres above threshold, or the error that stopped it.
+
+    An unreadable file is reported in its own result; the others are still
+    predicted (a batch that fails to decode is retried one file at a time).
+    """
+    predictor = Predictor.load(source)
+    genres = predictor.meta["genres"]
+    results = []
+    readable = []
+    for path in expand_inputs(paths):
+        problem = image_problem(path)
+        results.append({"file": str(path), "error": problem})
+        if problem is None:
+            readable.append(len(results) - 1)
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start:start + batch_size]
+        for i, probs in _predict_chunk(predictor, [results[i]["file"] for i in chunk]):
+            result = results[chunk[i]]
+            if probs is None:
+                result["error"] = "cannot be decoded"
+                continue
+            order = np.argsort(-probs)[:top_k]
+            above = predictor.decide(probs[None])[0]
+            result["top"] = [{"genre": genres[j], "probability": float(probs[j])} for j in order]
+            result["above_threshold"] = [genres[j] for j in np.flatnonzero(above)]
+            result["probabilities"] = dict(zip(genres, map(float, probs)))
+    return results
+
+
+def _predict_chunk(predictor: Predictor, files: list[str]):
+    data = [Path(f).read_bytes() for f in files]
+    try:
+        yield from enumerate(predictor.probabilities_of(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        for i, one in enumerate(data):
+            try:
+                yield i, predictor.probabilities_of([one])[0]
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+                yield i, None
+
+
+def format_predictions(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        if r["error"]:
+            lines.append(f"{r['file']}: ERROR {r['error']}")
+            continue
+        top = ", ".join(f"{t['genre']} {t['probability']:.2f}" for t in r["top"])
+        above = ", ".join(r["above_threshold"]) or "none"
+        lines.append(f"{r['file']}: {top}  | above threshold: {above}")
+    return "\n".join(lines)
