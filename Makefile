@@ -22,14 +22,17 @@ TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) --backbone $(BACKBONE) --we
 	--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
 	--out $(OUT) --overwrite $(EXTRA)
 
+MODE       ?= multilabel
+TRIALS     ?= 5
 RUN        ?= models/demo-ova
 IMAGES     ?= $(DEMO_DATA)/posters
 
-.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass export predict
+.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass tune export predict
 
 help:
 	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
 	@echo "make train-ova | train-multilabel | train-multiclass  [DATA= BACKBONE= WEIGHTS= EPOCHS= IMAGE_SIZE= BATCH_SIZE= OUT= EXTRA=]"
+	@echo "make tune   [DATA= MODE= BACKBONE= TRIALS= EPOCHS=]  - Keras Tuner random search, resumable"
 	@echo "make export RUN=models/RUN   - SavedModel serving image bytes in RUN/export"
 	@echo "make predict RUN=models/RUN IMAGES='a.jpg folder/'   - genres of new posters"
 	@echo "make test   - run the test suite"
@@ -56,6 +59,13 @@ train-ova train-multilabel train-multiclass: MODE = $(patsubst train-%,%,$@)
 train-ova train-multilabel train-multiclass: install
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
 	$(TRAIN)
+
+# Resumable: run it again to continue the search; add EXTRA=--overwrite to start over.
+tune: install
+	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
+	$(BIN)/genrecls tune $(DATA) --mode $(MODE) --backbone $(BACKBONE) --weights $(WEIGHTS) \
+		--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
+		--max-trials $(TRIALS) --out models/tune-$(MODE)-$(BACKBONE)-$(notdir $(DATA)) --quiet $(EXTRA)
 
 export: install
 	$(BIN)/genrecls export $(RUN)

@@ -133,6 +133,27 @@ def cmd_compare(args) -> None:
         print(f"\nwritten to {os.path.join(args.out, 'comparison.md')} and comparison.csv")
 
 
+def cmd_tune(args) -> None:
+    from genrecls.tuning import format_trials, load_space, tune
+
+    cfg = train_config(args)
+    out = args.out or os.path.join("models", f"{cfg.mode}-{cfg.backbone}_tune")
+    table = tune(cfg, out, max_trials=args.max_trials, executions_per_trial=args.executions_per_trial,
+                 objective=args.objective, algorithm=args.algorithm, space=load_space(args.space, cfg),
+                 ova_scope=args.ova_scope, overwrite=args.overwrite)
+    if table.empty:
+        return
+    print("\n" + format_trials(table, args.objective))
+    print(f"\ntrial table written to {os.path.join(out, 'trials.csv')}; "
+          f"best settings to {os.path.join(out, 'config.json')} (genrecls train --config accepts it)")
+    if args.retrain:
+        from genrecls.training import TrainConfig, train
+
+        best = TrainConfig.load(os.path.join(out, "config.json"))
+        train(best, os.path.join(out, "best"), overwrite=True)
+        _evaluate(os.path.join(out, "best"), None, "test", True, 0.5)
+
+
 def cmd_export(args) -> None:
     from genrecls.export import export_run
 
@@ -153,48 +174,14 @@ def cmd_predict(args) -> None:
         print(f"{failed} of {len(results)} files could not be predicted", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genrecls",
-        description="Predict movie genres from poster images (Keras 3 on TensorFlow).",
-        epilog="Run 'genrecls COMMAND --help' for the options of each command.",
-    )
-    from genrecls import __version__
-
-    parser.add_argument("--version", action="version", version=f"genrecls {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("summary", help="count posters, genres and dropped rows of a dataset",
-                       description="Read a dataset folder and print its posters, genres, per-genre "
-                       "counts, multi-genre share and what was dropped and why.")
-    _add_data_options(p)
-    p.add_argument("--plot", metavar="FILE.png", help="also save the genre-distribution bar chart")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=cmd_summary)
-
-    p = sub.add_parser("demo-data", help="write a small synthetic poster dataset (no download)",
-                       description="Write a deterministic synthetic dataset in the csv format: "
-                       "posters/<id>.jpg with a learnable look per genre, and labels.csv.")
-    p.add_argument("out", help="folder to write (created if missing)")
-    p.add_argument("--per-genre", type=int, default=60, help="posters per genre (default: 60)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.set_defaults(func=cmd_demo_data)
-
-    p = sub.add_parser(
-        "train", help="train a model (multiclass, multilabel or one-vs-all) into a run folder",
-        description="Train on DATA and write a run folder: the model (or ova/ with one member per "
-        "genre and combined.keras), genres.json, config.json, history.csv, split.json and "
-        "metrics.json with per-genre precision/recall/F1 on the test split. Re-running the same "
-        "command after an interruption resumes it.",
-    )
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options of `train`, shared by `tune` (values not given stay None)."""
     _add_data_options(p, defaults=False)
     p.add_argument("--config", help="config.json of an earlier run (or of `genrecls tune`); "
                    "options given here override it")
     p.add_argument("--out", help="run folder (default: models/MODE-BACKBONE)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
-    p.add_argument("--no-report", dest="report", action="store_false",
-                   help="skip the evaluation (thresholds, report.md, plots) after training")
     g = p.add_argument_group("labels")
     g.add_argument("--mode", choices=["multiclass", "multilabel", "ova"], help="training mode [ova]")
     g.add_argument("--genres", help="comma-separated genres to predict [all]")
@@ -233,7 +220,66 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-cache-features", dest="cache_features", action="store_false", default=None,
                    help="train through the frozen backbone every epoch instead of on cached features")
     g.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genrecls",
+        description="Predict movie genres from poster images (Keras 3 on TensorFlow).",
+        epilog="Run 'genrecls COMMAND --help' for the options of each command.",
+    )
+    from genrecls import __version__
+
+    parser.add_argument("--version", action="version", version=f"genrecls {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("summary", help="count posters, genres and dropped rows of a dataset",
+                       description="Read a dataset folder and print its posters, genres, per-genre "
+                       "counts, multi-genre share and what was dropped and why.")
+    _add_data_options(p)
+    p.add_argument("--plot", metavar="FILE.png", help="also save the genre-distribution bar chart")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("demo-data", help="write a small synthetic poster dataset (no download)",
+                       description="Write a deterministic synthetic dataset in the csv format: "
+                       "posters/<id>.jpg with a learnable look per genre, and labels.csv.")
+    p.add_argument("out", help="folder to write (created if missing)")
+    p.add_argument("--per-genre", type=int, default=60, help="posters per genre (default: 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "train", help="train a model (multiclass, multilabel or one-vs-all) into a run folder",
+        description="Train on DATA and write a run folder: the model (or ova/ with one member per "
+        "genre and combined.keras), genres.json, config.json, history.csv, split.json and "
+        "metrics.json; then evaluate it (thresholds.json, report.md, plots). Re-running the same "
+        "command after an interruption resumes it.",
+    )
+    _add_training_options(p)
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the evaluation (thresholds, report.md, plots) after training")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "tune", help="Keras Tuner search over head widths, dropout, learning rate, trainable layers",
+        description="Random search (or Hyperband) over a head/dropout/learning-rate/trainable-layers "
+        "space (report 002's by default; change it with --space FILE.json). Writes trials.csv and the "
+        "best config.json into --out; re-running continues the search. For a distributed search set "
+        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (see the README).",
+    )
+    _add_training_options(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--max-trials", type=int, default=10, help="trials to run [10]")
+    g.add_argument("--executions-per-trial", type=int, default=1, help="fits averaged per trial [1]")
+    g.add_argument("--objective", default="val_loss", choices=["val_loss", "val_f1_micro", "val_f1_macro"],
+                   help="minimised (loss) or maximised (F1) on the validation split [val_loss]")
+    g.add_argument("--algorithm", default="random", choices=["random", "hyperband"], help="[random]")
+    g.add_argument("--space", help="JSON or YAML file overriding parts of the search space")
+    g.add_argument("--ova-scope", default="per-genre", choices=["per-genre", "shared"],
+                   help="OvA: tune each genre's member, or one setting for all members [per-genre]")
+    g.add_argument("--retrain", action="store_true", help="train the best config into OUT/best afterwards")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
         "evaluate", help="per-genre report of a run: metrics.json, report.md, thresholds.json, plots",

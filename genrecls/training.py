@@ -83,6 +83,8 @@ class TrainConfig:
     freeze_until: int | None = None
     head: tuple = (512, 256)
     dropout: float = 0.0
+    # per-genre OvA settings chosen by `genrecls tune`: genre -> {head, dropout, learning_rate}
+    member_overrides: dict | None = None
     # fitting
     learning_rate: float = 1e-3
     epochs: int = 10
@@ -213,21 +215,25 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 
 
 def compile_for(model: keras.Model, kind: str, learning_rate: float, pos_weight=None) -> None:
-    """Adam, the mode's loss, and metrics that do not lie about imbalance."""
+    """Adam, the mode's loss, and metrics that do not lie about imbalance.
+
+    Every kind reports `f1_micro` and `f1_macro` (so `val_f1_micro` can be a
+    tuning objective in any mode): argmax-based for multiclass, thresholded
+    at 0.5 otherwise (keras F1Score's default threshold=None means argmax).
+    """
+    threshold = None if kind == "multiclass" else 0.5
+    metrics = [keras.metrics.F1Score(average=avg, threshold=threshold, name=f"f1_{avg}") for avg in ("micro", "macro")]
     if kind == "multiclass":
         loss = "categorical_crossentropy"
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
-                   keras.metrics.F1Score(average="macro", name="f1_macro")]
+        metrics.insert(0, keras.metrics.CategoricalAccuracy(name="accuracy"))
     elif kind == "multilabel":
         loss = WeightedBinaryCrossentropy(pos_weight) if pos_weight is not None else "binary_crossentropy"
-        metrics = [keras.metrics.F1Score(average="micro", threshold=0.5, name="f1_micro"),
-                   keras.metrics.F1Score(average="macro", threshold=0.5, name="f1_macro"),
-                   keras.metrics.AUC(multi_label=True, name="auc")]
-    else:  # one binary OvA member
+        metrics.append(keras.metrics.AUC(multi_label=True, name="auc"))
+    elif kind == "member":  # one binary OvA member, labels shaped (N, 1)
         loss = "binary_crossentropy"
-        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
-                   keras.metrics.F1Score(average="micro", threshold=0.5, name="f1"),
-                   keras.metrics.Recall(name="recall")]
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), *metrics, keras.metrics.Recall(name="recall")]
+    else:
+        raise ValueError(kind)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
@@ -249,8 +255,10 @@ def extract_features(backbone: keras.Model, paths, cfg: TrainConfig) -> tuple[np
                       resize=cfg.resize, check_files=False)
     features = np.zeros((n, backbone.output_shape[-1]), dtype="float32")
     decoded = np.zeros(n, dtype=bool)
-    progress = keras.utils.Progbar(n, unit_name="poster", verbose=1 if cfg.verbose != 0 else 0)
-    print(f"computing {backbone.name} features of {n} posters once", flush=True) if cfg.verbose != 0 else None
+    verbose = cfg.verbose if cfg.verbose in (0, 2) else 1
+    progress = keras.utils.Progbar(n, unit_name="poster", verbose=verbose)
+    if verbose:
+        print(f"computing {backbone.name} features of {n} posters once", flush=True)
     for images, idx in ds:
         idx = idx.numpy()
         features[idx] = backbone(images, training=False).numpy()
@@ -318,7 +326,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     return pd.read_csv(history) if history.exists() else pd.DataFrame()
 
 
-def _slug(j: int, genre: str) -> str:
+def member_slug(j: int, genre: str) -> str:
     return f"{j:02d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}"
 
 
@@ -429,14 +437,14 @@ class Trainer:
         folder.mkdir(exist_ok=True)
         members, histories = [], []
         for j, genre in enumerate(data.vocab.names):
-            path = folder / f"{_slug(j, genre)}.keras"
+            path = folder / f"{member_slug(j, genre)}.keras"
             if path.exists():  # finished before an interruption
                 print(f"[{j + 1}/{T.shape[1]}] {genre}: already trained, loading {path.name}", flush=True)
                 members.append(keras.models.load_model(path))
             else:
                 print(f"[{j + 1}/{T.shape[1]}] training the {genre} member", flush=True)
                 members.append(self._train_member(j, genre, T, split, backbone, trainable, inputs, use_features, path))
-            hist_file = self.out / "checkpoints" / f"{_slug(j, genre)}.history.csv"
+            hist_file = self.out / "checkpoints" / f"{member_slug(j, genre)}.history.csv"
             if hist_file.exists():
                 histories.append(pd.read_csv(hist_file).assign(genre=genre))
         if histories:
@@ -454,13 +462,16 @@ class Trainer:
         if not use_features and trainable != "frozen":  # each member tunes its own backbone
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
             set_trainable(backbone, *self._fine_tune())
-        head = build_head(backbone.output_shape[-1], 1, "sigmoid", cfg.head, cfg.dropout, name=f"member_{j}")
+        own = (cfg.member_overrides or {}).get(genre, {})
+        units = parse_units(own.get("head", cfg.head))
+        head = build_head(backbone.output_shape[-1], 1, "sigmoid", units, own.get("dropout", cfg.dropout),
+                          name=f"member_{j}")
         fitted = head if use_features else attach(backbone, head, trainable, name=f"member_{j}")
-        compile_for(fitted, "member", cfg.learning_rate)
+        compile_for(fitted, "member", own.get("learning_rate", cfg.learning_rate))
         weights = class_weights(y_train.astype(int), cfg.class_weight) if cfg.class_weight else None
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True),
             inputs.dataset(val_idx, y_val[:, None], False),
-            cfg, self.out / "checkpoints", _slug(j, genre), weights, self.callbacks)
+            cfg, self.out / "checkpoints", member_slug(j, genre), weights, self.callbacks)
         fitted.save(path)
         return fitted
 

@@ -187,7 +187,7 @@ def test_downloads_retries_and_reports(server, tmp_path):
 
     # Retried what a retry can fix, and nothing else.
     hits = server.hits
-    assert hits["/flaky"] == hits["/limited"] == hits["/slow"] == hits["/cut"] == 2
+    assert hits["/flaky"] == hits["/limited"] == hits["/slow"] == hits["/cut"] == 2, sorted(hits.items())
     assert hits["/missing"] == hits["/html"] == hits["/big"] == hits["/big-stream"] == 1
     assert hits["/redirect-file"] == hits["/redirect-ftp"] == 1
     assert hits["/poster/1"] == hits["/poster/2"] == hits["/poster/5"] == 1  # no request for bad rows

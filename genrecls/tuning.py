@@ -1,0 +1,324 @@
+"""Keras Tuner search over heads, dropout, learning rate and trainable layers.
+
+Report 002 chose its head by random search over the second layer's width
+(64..512 step 64) and whether a dropout layer is present. Here that search
+space is the default, any part of it can be changed from a JSON (or YAML)
+file, objectives carry an explicit direction (keras-tuner would guess "min"
+for an F1), and trials on a frozen backbone train on cached features.
+
+Distributed search uses keras-tuner's own chief/worker mode: set
+KERASTUNER_TUNER_ID (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
+KERASTUNER_ORACLE_PORT and run the same command in every process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import pandas as pd
+
+from genrecls.backbones import build_backbone, set_trainable
+from genrecls.errors import GenreclsError
+from genrecls.heads import build_head
+from genrecls.labels import ova_subset
+from genrecls.training import (
+    BALANCING,
+    Inputs,
+    TrainConfig,
+    member_slug,
+    attach,
+    compile_for,
+    positive_weights,
+    prepare_data,
+)
+
+OBJECTIVES = {
+    "val_loss": kt.Objective("val_loss", direction="min"),
+    "val_f1_micro": kt.Objective("val_f1_micro", direction="max"),
+    "val_f1_macro": kt.Objective("val_f1_macro", direction="max"),
+}
+ALGORITHMS = ("random", "hyperband")
+OVA_SCOPES = ("per-genre", "shared")
+
+# A list is a choice, {"min", "max", "step"} a range, anything else a fixed value.
+DEFAULT_SPACE = {
+    "units": [512, {"min": 64, "max": 512, "step": 64}],  # report 002: tune the second width
+    "dropout": [False, True],  # report 002: is there a dropout layer
+    "dropout_rate": {"min": 0.1, "max": 0.5, "step": 0.1},
+    "learning_rate": [1e-3, 3e-4, 1e-4],
+    "fine_tune_last": [0],  # 0 keeps the backbone frozen, so trials train on cached features
+}
+
+
+def default_space(cfg: TrainConfig) -> dict:
+    """DEFAULT_SPACE, except that a randomly initialised backbone trains whole (-1)."""
+    space = copy.deepcopy(DEFAULT_SPACE)
+    if cfg.weights is None:
+        space["fine_tune_last"] = [-1]
+    return space
+
+
+def load_space(path: str | os.PathLike | None, cfg: TrainConfig) -> dict:
+    """The default space for this config, updated with a JSON or YAML file's keys."""
+    space = default_space(cfg)
+    if path is None:
+        return space
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise GenreclsError("reading a YAML search space needs PyYAML; use JSON or pip install pyyaml") from None
+        given = yaml.safe_load(text)
+    else:
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GenreclsError(f"cannot parse search space {path}: {exc}") from None
+    unknown = set(given) - set(DEFAULT_SPACE)
+    if unknown:
+        raise GenreclsError(f"unknown search-space keys {sorted(unknown)}; known: {sorted(DEFAULT_SPACE)}")
+    space.update(given)
+    return space
+
+
+def _hp(hp: kt.HyperParameters, name: str, spec):
+    """One hyperparameter from its spec in the space file."""
+    if isinstance(spec, list):
+        if sorted(map(str, spec)) == ["False", "True"]:
+            return hp.Boolean(name)
+        return hp.Choice(name, spec)
+    if isinstance(spec, dict):
+        bounds = (spec["min"], spec["max"], spec.get("step"))
+        if all(isinstance(v, int) for v in bounds if v is not None):
+            return hp.Int(name, spec["min"], spec["max"], step=spec.get("step") or 1)
+        return hp.Float(name, spec["min"], spec["max"], step=spec.get("step"))
+    return hp.Fixed(name, spec)
+
+
+def head_settings(hp: kt.HyperParameters, space: dict) -> dict:
+    """Head widths, dropout rate, learning rate and trainable layers of one trial."""
+    units = tuple(_hp(hp, f"units_{i}", spec) for i, spec in enumerate(space["units"]))
+    dropout = 0.0
+    if _hp(hp, "dropout", space["dropout"]):
+        with hp.conditional_scope("dropout", [True]):
+            dropout = _hp(hp, "dropout_rate", space["dropout_rate"])
+    return {
+        "head": list(units), "dropout": float(dropout),
+        "learning_rate": float(_hp(hp, "learning_rate", space["learning_rate"])),
+        "fine_tune_last": int(_hp(hp, "fine_tune_last", space["fine_tune_last"])),
+    }
+
+
+class GenreHyperModel(kt.HyperModel):
+    """Builds one trial's model: a head on cached features, or backbone + head."""
+
+    def __init__(self, cfg: TrainConfig, space: dict, kind: str, outputs: int, feature_dim: int | None,
+                 pos_weight=None):
+        super().__init__()
+        self.cfg, self.space, self.kind, self.outputs = cfg, space, kind, outputs
+        self.feature_dim, self.pos_weight = feature_dim, pos_weight
+
+    def build(self, hp):
+        s = head_settings(hp, self.space)
+        activation = "softmax" if self.kind == "multiclass" else "sigmoid"
+        if self.feature_dim is not None:
+            model = build_head(self.feature_dim, self.outputs, activation, s["head"], s["dropout"])
+        else:
+            backbone = build_backbone(self.cfg.backbone, self.cfg.image_size, self.cfg.weights)
+            trainable = set_trainable(backbone, fine_tune_last=s["fine_tune_last"])
+            head = build_head(backbone.output_shape[-1], self.outputs, activation, s["head"], s["dropout"])
+            model = attach(backbone, head, trainable)
+        compile_for(model, self.kind, s["learning_rate"], self.pos_weight)
+        return model
+
+
+class TrialLog:
+    """Prints which process runs which trial: progress output, and a record for distributed runs."""
+
+    def on_trial_begin(self, trial):
+        print(f"trial {trial.trial_id} started by {self.tuner_id}", flush=True)
+        super().on_trial_begin(trial)
+
+
+class RandomSearch(TrialLog, kt.RandomSearch):
+    pass
+
+
+class Hyperband(TrialLog, kt.Hyperband):
+    pass
+
+
+class SharedOvARandomSearch(TrialLog, kt.RandomSearch):
+    """One hyperparameter set for every OvA member: a trial trains all of them.
+
+    The trial's score is the mean over members of each member's best epoch,
+    which keras-tuner computes from the list of histories.
+    """
+
+    def run_trial(self, trial, member_data, epochs, callbacks, verbose=0):
+        histories = []
+        for train_ds, val_ds in member_data:
+            keras.backend.clear_session()  # keep memory flat across members and trials
+            model = self.hypermodel.build(trial.hyperparameters)
+            histories.append(model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                                       callbacks=callbacks, shuffle=False, verbose=verbose))
+        return histories
+
+
+def is_worker() -> bool:
+    """True in a distributed search's worker process (only the chief reports)."""
+    return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
+
+
+def _tuner(cls, hypermodel, objective, algorithm, max_trials, executions, epochs, directory, project, overwrite, seed):
+    common = dict(objective=objective, directory=str(directory), project_name=project, overwrite=overwrite,
+                  seed=seed, max_consecutive_failed_trials=3)
+    if algorithm == "hyperband":
+        return Hyperband(hypermodel, max_epochs=epochs, executions_per_trial=executions, **common)
+    return cls(hypermodel, max_trials=max_trials, executions_per_trial=executions, **common)
+
+
+def tune(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    max_trials: int = 10,
+    executions_per_trial: int = 1,
+    objective: str = "val_loss",
+    algorithm: str = "random",
+    space: dict | None = None,
+    ova_scope: str = "per-genre",
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Run the search; write trials.csv and the best config.json into `out`.
+
+    Re-running the same call continues from the trials already done
+    (overwrite=True starts again). Returns the trial table.
+    """
+    if objective not in OBJECTIVES:
+        raise GenreclsError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    if algorithm not in ALGORITHMS:
+        raise GenreclsError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    if ova_scope not in OVA_SCOPES:
+        raise GenreclsError(f"OvA scope must be one of {', '.join(OVA_SCOPES)}, not {ova_scope!r}")
+    if cfg.mode == "ova" and ova_scope == "shared" and algorithm == "hyperband":
+        raise GenreclsError("the shared OvA search supports --algorithm random only")
+    if cfg.mode == "ova" and ova_scope == "per-genre" and "KERASTUNER_ORACLE_IP" in os.environ:
+        raise GenreclsError("a distributed OvA search needs --ova-scope shared (one search for all genres)")
+    if max_trials < 1 or executions_per_trial < 1:
+        raise GenreclsError("--max-trials and --executions-per-trial must be at least 1")
+    space = space or default_space(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+
+    data = prepare_data(cfg)
+    T = data.targets(cfg.mode)
+    choices = space["fine_tune_last"]
+    frozen = (choices if isinstance(choices, list) else [choices]) == [0]
+    use_features = frozen and not cfg.augment and cfg.freeze_until is None
+    backbone = None
+    if use_features:
+        backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
+        set_trainable(backbone)
+    inputs = Inputs(cfg, data.paths, backbone)
+    train_idx, val_idx = inputs.usable(data.split.train), inputs.usable(data.split.val)
+    if cfg.balance:
+        train_idx = train_idx[BALANCING[cfg.balance](data.strata[train_idx], seed=cfg.seed)]
+    feature_dim = inputs.features.shape[1] if use_features else None
+    stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
+    directory = out / "tuner"
+    target = OBJECTIVES[objective]
+
+    def search(tuner, *args, **kwargs):
+        tuner.search(*args, **kwargs)
+        return tuner
+
+    tuners = {}
+    if cfg.mode != "ova":
+        pos_weight = positive_weights(T[train_idx], cfg.class_weight) if (
+            cfg.class_weight and cfg.mode == "multilabel") else None
+        model = GenreHyperModel(cfg, space, cfg.mode, T.shape[1], feature_dim, pos_weight)
+        tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
+                       cfg.epochs, directory, "search", overwrite, cfg.seed)
+        tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
+                               validation_data=inputs.dataset(val_idx, T[val_idx], False),
+                               epochs=cfg.epochs, callbacks=stop, shuffle=False, verbose=0)
+    else:
+        members = []
+        for j, genre in enumerate(data.vocab.names):
+            tr, y_tr = ova_subset(T[train_idx], j, cfg.positive_share, cfg.seed + j)
+            va, y_va = ova_subset(T[val_idx], j, cfg.positive_share, cfg.seed + j)
+            members.append((genre, inputs.dataset(train_idx[tr], y_tr[:, None], True),
+                            inputs.dataset(val_idx[va], y_va[:, None], False)))
+        model = GenreHyperModel(cfg, space, "member", 1, feature_dim)
+        if ova_scope == "shared":
+            tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
+                           cfg.epochs, directory, "shared", overwrite, cfg.seed)
+            tuners["all"] = search(tuner, [(a, b) for _, a, b in members], epochs=cfg.epochs, callbacks=stop)
+        else:
+            for j, (genre, train_ds, val_ds) in enumerate(members):
+                print(f"[{j + 1}/{len(members)}] searching the {genre} member", flush=True)
+                tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
+                               cfg.epochs, directory, member_slug(j, genre), overwrite, cfg.seed + j)
+                tuners[genre] = search(tuner, train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                                       callbacks=stop, shuffle=False, verbose=0)
+    if is_worker():
+        print("worker finished: the chief writes the results", flush=True)
+        return pd.DataFrame()
+    table = trial_table(tuners, objective)
+    table.to_csv(out / "trials.csv", index=False)
+    best = best_config(cfg, tuners, space)
+    (out / "config.json").write_text(json.dumps(best.to_json(), indent=2, ensure_ascii=False))
+    return table
+
+
+def trial_table(tuners: dict, objective: str) -> pd.DataFrame:
+    """One row per trial: scope (genre or all), trial id, status, hyperparameters, score."""
+    rows = []
+    for scope, tuner in tuners.items():
+        for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id)):
+            rows.append({"scope": scope, "trial": trial.trial_id, "status": trial.status,
+                         **trial.hyperparameters.values, objective: trial.score})
+    table = pd.DataFrame(rows)
+    fixed = ["scope", "trial", "status"]
+    hps = sorted(c for c in table.columns if c not in fixed and c != objective)
+    return table[fixed + hps + [objective]] if rows else table
+
+
+def best_config(cfg: TrainConfig, tuners: dict, space: dict) -> TrainConfig:
+    """The training config with the best trial's settings (per genre for a per-genre OvA search)."""
+    def settings(tuner):
+        best = tuner.get_best_hyperparameters(1)
+        if not best:
+            raise GenreclsError("no trial finished; see the trial errors above")
+        return head_settings(best[0], space)
+
+    fields = {}
+    if set(tuners) == {"all"}:
+        s = settings(tuners["all"])
+        fields = {"head": s["head"], "dropout": s["dropout"], "learning_rate": s["learning_rate"],
+                  "fine_tune_last": s["fine_tune_last"]}
+    else:
+        chosen = {genre: settings(t) for genre, t in tuners.items()}
+        fields["member_overrides"] = {
+            genre: {k: v for k, v in s.items() if k != "fine_tune_last"} for genre, s in chosen.items()
+        }
+        # trainable layers are one setting for the whole ensemble: the most common choice
+        tuned = [s["fine_tune_last"] for s in chosen.values()]
+        fields["fine_tune_last"] = max(set(tuned), key=tuned.count)
+    return dataclasses.replace(cfg, **fields)
+
+
+def format_trials(table: pd.DataFrame, objective: str) -> str:
+    if table.empty:
+        return "no trials"
+    direction = OBJECTIVES[objective].direction
+    shown = table.sort_values(["scope", objective], ascending=[True, direction == "min"], na_position="last")
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
