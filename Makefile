@@ -27,7 +27,7 @@ TRIALS     ?= 5
 RUN        ?= models/demo-ova
 IMAGES     ?= $(DEMO_DATA)/posters
 
-.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass tune export predict
+.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass tune export predict bench
 
 help:
 	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
@@ -35,6 +35,7 @@ help:
 	@echo "make tune   [DATA= MODE= BACKBONE= TRIALS= EPOCHS=]  - Keras Tuner random search, resumable"
 	@echo "make export RUN=models/RUN   - SavedModel serving image bytes in RUN/export"
 	@echo "make predict RUN=models/RUN IMAGES='a.jpg folder/'   - genres of new posters"
+	@echo "make bench  [SCALE=1]  - benchmarks, written to benchmarks/results.json"
 	@echo "make test   - run the test suite"
 	@echo "make install - create .venv and install genrecls with its dev extra"
 	@echo "make clean  - remove .venv, caches, generated demo data and runs"
@@ -66,6 +67,10 @@ tune: install
 	$(BIN)/genrecls tune $(DATA) --mode $(MODE) --backbone $(BACKBONE) --weights $(WEIGHTS) \
 		--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
 		--max-trials $(TRIALS) --out models/tune-$(MODE)-$(BACKBONE)-$(notdir $(DATA)) --quiet $(EXTRA)
+
+SCALE      ?= 1
+bench: install
+	$(BIN)/genrecls bench --scale $(SCALE)
 
 export: install
 	$(BIN)/genrecls export $(RUN)

@@ -419,7 +419,7 @@ def load_dataset(
             continue
         rows.append((movie_id, title, full, genres))
 
-    if dropped.counts[MALFORMED_GENRES] > max(len(rows), 0):
+    if dropped.counts[MALFORMED_GENRES] > len(rows):
         raise GenreclsError(
             f"most genre strings in {root} look split with the wrong separator "
             f"(e.g. {dropped.examples[MALFORMED_GENRES][0]!r}); pass --genre-sep"
@@ -430,7 +430,7 @@ def load_dataset(
     if check_images and len(frame):
         problems = image_problems(list(frame["path"]))
         keep = []
-        for (movie_id, path), problem in zip(zip(frame["id"], frame["path"]), problems):
+        for path, problem in zip(frame["path"], problems):
             if problem:
                 dropped.add(f"{UNREADABLE}: {problem}", os.path.relpath(path, root))
             keep.append(problem is None)

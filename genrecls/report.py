@@ -163,7 +163,8 @@ def render_markdown(run: Path, report: dict, thresholds: dict, plots: bool = Tru
         "| score | model | random guess | most common genres |",
         "| --- | ---: | ---: | ---: |",
         f"| micro F1 | {o['f1_micro']:.3f} | | {base['most_common']['f1_micro']:.3f} |",
-        f"| macro F1 | {o['f1_macro']:.3f} | {base['random']['f1_macro']:.3f} | {base['most_common']['f1_macro']:.3f} |",
+        f"| macro F1 | {o['f1_macro']:.3f} | {base['random']['f1_macro']:.3f} "
+        f"| {base['most_common']['f1_macro']:.3f} |",
         f"| weighted F1 | {o['f1_weighted']:.3f} | | {base['most_common']['f1_weighted']:.3f} |",
         f"| samples F1 | {o['f1_samples']:.3f} | | {base['most_common']['f1_samples']:.3f} |",
         f"| Hamming loss | {o['hamming_loss']:.3f} | | |",

@@ -432,7 +432,6 @@ class Trainer:
         return full, (head if use_features else None)
 
     def _train_ova(self, data, T, split, backbone, trainable, inputs, use_features):
-        cfg = self.cfg
         folder = self.out / "ova"
         folder.mkdir(exist_ok=True)
         members, histories = [], []

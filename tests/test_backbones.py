@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from genrecls.backbones import BACKBONES, base_network, build_backbone, set_trainable
+from genrecls.backbones import base_network, build_backbone, set_trainable
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head, parse_units
 

@@ -29,7 +29,8 @@ def _config(demo_dir, **kw) -> TrainConfig:
 def test_each_mode_trains_one_epoch_and_writes_its_run(mode, demo_dir, tmp_path):
     run = tmp_path / mode
     k = 3 if mode == "ova" else 7  # fewer OvA members keep the test quick
-    report = train(_config(demo_dir, mode=mode, epochs=1, class_weight="balanced", top_k=k), run)
+    report = train(_config(demo_dir, mode=mode, epochs=1, class_weight="balanced", top_k=k,
+                           tensorboard=mode == "multiclass"), run)
     genres = json.loads((run / "genres.json").read_text())["genres"]
     assert len(genres) == k
     assert set(report["genres"]) == set(genres)
@@ -37,7 +38,7 @@ def test_each_mode_trains_one_epoch_and_writes_its_run(mode, demo_dir, tmp_path)
     for m in saved["genres"].values():
         assert {"precision", "recall", "f1", "support", "random_f1"} <= set(m)
     assert {"f1_micro", "f1_macro", "f1_weighted"} <= set(saved["overall"])
-    assert sum(m["support"] for m in saved["genres"].values()) >= saved["overall"]["test_posters"]
+    assert sum(m["support"] for m in saved["genres"].values()) >= saved["overall"]["posters"]
     config = json.loads((run / "config.json").read_text())
     assert config["mode"] == mode and "tensorflow" in config["versions"]
     assert TrainConfig.from_json(config).to_json() == {k: v for k, v in config.items() if k != "versions"}
@@ -45,6 +46,7 @@ def test_each_mode_trains_one_epoch_and_writes_its_run(mode, demo_dir, tmp_path)
     assert "val_loss" in history and len(history) == (3 if mode == "ova" else 1)
     split = json.loads((run / "split.json").read_text())
     assert not set(split["test"]) & set(split["train"])
+    assert any((run / "tensorboard").rglob("events.out.tfevents.*")) == (mode == "multiclass")
 
     model = load_run_model(run)
     assert model.output_shape == (None, k)
@@ -165,5 +167,5 @@ def test_real_posters_train_multilabel(ml1m, tmp_path):
                       image_size=32, batch_size=64, epochs=1, head=(16,), verbose=0)
     report = train(cfg, tmp_path / "ml1m")
     assert list(report["genres"]) == ["Drama", "Comedy", "Action", "Other"]
-    assert report["overall"]["test_posters"] == 489  # 15 % of 3,256
+    assert report["overall"]["posters"] == 489  # 15 % of 3,256
     assert report["genres"]["Drama"]["support"] > 150
