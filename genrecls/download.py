@@ -121,7 +121,9 @@ def _read_rows(csv_path, url_column: str, id_column: str) -> list[tuple[str, str
     """(id, url) per row, as stripped strings; UTF-8, else Latin-1 (Kaggle's file)."""
     path = Path(csv_path).expanduser()
     if not path.is_file():
-        raise GenreclsError(f"{path} does not exist; pass the CSV of poster URLs (e.g. Kaggle's MovieGenre.csv)")
+        raise GenreclsError(
+            f"{path} does not exist; pass the CSV of poster URLs (e.g. Kaggle's MovieGenre.csv)"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -162,7 +164,7 @@ def _url_problem(url: str) -> str | None:
         return NO_URL
     try:
         parts = urlsplit(url)
-        parts.port  # raises on a non-numeric port
+        _ = parts.port  # raises on a non-numeric port
     except ValueError:
         return MALFORMED_URL
     if parts.scheme.lower() not in SCHEMES:
@@ -265,6 +267,8 @@ class _Fetcher:
         final = out / f"{movie_id}.jpg"
         part = out / f".{movie_id}{PART_SUFFIX}"
         try:
+            if self.stop.is_set():
+                return FAILED, INTERRUPTED
             if final.exists() and image_problem(final) is None:
                 return SKIPPED, None
             problem = _url_problem(url)
@@ -277,7 +281,7 @@ class _Fetcher:
             return DOWNLOADED, None
         except OSError as exc:
             return FAILED, f"cannot write {final.name} ({exc.strerror or exc})"
-        except Exception as exc:  # a surprise in one row must not stop the others
+        except Exception as exc:  # noqa: BLE001 - a surprise in one row must not stop the others
             return FAILED, f"unexpected error ({type(exc).__name__}: {exc})"
         finally:
             with contextlib.suppress(OSError):
@@ -285,21 +289,20 @@ class _Fetcher:
 
     def _with_retries(self, url: str, part: Path) -> str | None:
         """None once `part` holds a valid image, else the last failure reason."""
-        for attempt in range(self.retries + 1):
-            if self.stop.is_set():
-                return INTERRUPTED
+        tries = self.retries + 1
+        for attempt in range(tries):
             try:
                 self._get(url, part)
                 return None
             except _Fail as exc:
                 return exc.reason
             except _Retry as exc:
-                if attempt == self.retries:
-                    return f"{exc.reason} after {attempt + 1} tries" if attempt else exc.reason
-                delay = min(max(self.backoff * 2**attempt, exc.wait or 0.0), MAX_WAIT)
-                if self.stop.wait(delay):
+                reason, wait = exc.reason, exc.wait or 0.0
+            if attempt + 1 < tries:
+                delay = min(max(self.backoff * 2**attempt, wait), MAX_WAIT)
+                if self.stop.wait(delay):  # set on Ctrl-C: give up now
                     return INTERRUPTED
-        return INTERRUPTED  # not reached: the loop always returns
+        return f"{reason} after {tries} tries" if tries > 1 else reason
 
     def _get(self, url: str, part: Path) -> None:
         """One GET into `part`, checked; raises _Fail or _Retry."""
@@ -386,9 +389,9 @@ class _Progress:
             sys.stderr.write(line + "\n")
             self.next_line = done + self.step
 
-    def close(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(("\n" if self.tty else "") + text + "\n")
+    def close(self) -> None:
+        if self.tty and self.last:  # end the line redrawn in place
+            sys.stderr.write("\n")
             sys.stderr.flush()
 
 
@@ -403,9 +406,9 @@ def _check_options(workers, rate, retries, timeout, max_bytes, backoff) -> None:
     if timeout <= 0:
         bad.append(f"--timeout must be above 0 seconds (got {timeout})")
     if max_bytes < 1:
-        bad.append(f"--max-bytes must be at least 1 (got {max_bytes})")
+        bad.append(f"the size cap (--max-mb) must be above 0 (got {max_bytes} bytes)")
     if backoff < 0:
-        bad.append(f"--backoff must be 0 or more seconds (got {backoff})")
+        bad.append(f"backoff must be 0 or more seconds (got {backoff})")
     if bad:
         raise GenreclsError("; ".join(bad))
 
@@ -453,7 +456,7 @@ def download_posters(
         waiting backoff * 2**try seconds, or longer when Retry-After says so.
         Other 4xx, non-images and over-size bodies fail at once.
     max_bytes: largest poster accepted; larger ones are aborted mid-read.
-    progress: print a progress line and the summary to stderr.
+    progress: show progress on stderr (the caller prints the summary).
 
     The failures of this run replace out_dir/download_report.csv.
     """
@@ -491,7 +494,7 @@ def download_posters(
     fetcher = _Fetcher(_opener(), RateLimiter(rate), retries, timeout, max_bytes, backoff, stop)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
-            futures = {pool.submit(fetcher.download, movie_id, url, out): (i, movie_id, url) for i, movie_id, url in jobs}
+            futures = {pool.submit(fetcher.download, m, u, out): (i, m, u) for i, m, u in jobs}
             try:
                 for future in as_completed(futures):
                     finish(*futures[future], *future.result())
@@ -504,5 +507,5 @@ def download_posters(
         summary.failures = [failure for _, failure in sorted(failures)]
         summary.seconds = time.monotonic() - started
         _write_report(summary.report, summary.failures)
-    bar.close(str(summary))
+    bar.close()
     return summary

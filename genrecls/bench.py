@@ -1,0 +1,520 @@
+"""Benchmarks: is the pipeline fast and lean enough, measured as ratios.
+
+Absolute speeds say more about the machine than about the code, so every
+figure here is a ratio against a baseline run in the same process (or, for
+memory, in twin subprocesses): the tf.data pipeline against a plain PIL loop
+and against bare JPEG decoding, training fed by the pipeline against training
+fed a constant batch, OvA on cached features against OvA through the
+backbone, 10x the posters against 1x, and 10x the rows against 1x.
+
+    python -m genrecls.bench --scale 0.1 --out /tmp/bench
+
+writes out/results.json and out/results.md. `scale` shortens or lengthens
+every section (poster counts, steps, epochs, row counts); scale 1 takes
+under 10 minutes on 2 cores.
+
+results.json:
+
+    machine   cpu_count, platform, python, tensorflow, keras, numpy, pillow
+    date      ISO time the run started
+    data      dataset folder used;  scale, seed, seconds
+    sections  name -> {
+        measurements  raw numbers (seconds, counts, sizes, per-genre F1 ...)
+        checks        [{name, measured, baseline, ratio, target, met}, ...]
+                      (ratio is the number compared with target)
+        met           all checks met
+        seconds       wall time of the section
+    }
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genrecls.errors import GenreclsError
+
+REPO = Path(__file__).resolve().parents[1]
+ML1M = REPO.parent / "shared" / "datasets" / "ml1m"
+FULL_SET = 3256  # posters in ml1m: what scale 1 means
+SECTION_NAMES = ("input_pipeline", "training_throughput", "ova_cost", "memory", "scaling")
+
+# (backbone, image size, batch): EfficientNet's batch is small because one
+# trainable step at 224 px takes seconds on two cores.
+THROUGHPUT_RUNS = (("simple", 64, 128), ("efficientnetb0", 224, 16))
+OVA_TOP_K = 6
+SCALING_SIZES = (10_000, 100_000, 1_000_000)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _check(name: str, measured: str, baseline: str, ratio: float, target: str, met: bool) -> dict:
+    return {"name": name, "measured": measured, "baseline": baseline, "ratio": round(float(ratio), 4),
+            "target": target, "met": bool(met)}
+
+
+@dataclass
+class Context:
+    """What every section shares: the table, a fixed poster order, and the knobs."""
+
+    table: object  # datasets.PosterTable
+    scale: float
+    seed: int
+    work: Path
+
+    def __post_init__(self):
+        self.order = np.random.default_rng(self.seed).permutation(len(self.table))
+
+    def rows(self, n: int) -> np.ndarray:
+        """n row indices in a fixed random order, cycling when n exceeds the table."""
+        return np.resize(self.order, n)
+
+    def paths(self, n: int) -> list[str]:
+        return self.table.frame["path"].to_numpy()[self.rows(n)].tolist()
+
+
+# ---------------------------------------------------------------- input pipeline
+
+
+def _pil_batches(paths, size: int = 224, batch: int = 128) -> int:
+    """The same work as the pipeline, by hand: decode, pad-resize, float32, stack."""
+    from PIL import Image
+
+    done, pending = 0, []
+    for path in paths:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = size / max(w, h)
+            nw, nh = max(1, round(w * s)), max(1, round(h * s))
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+            canvas = np.zeros((size, size, 3), np.float32)
+            top, left = (size - nh) // 2, (size - nw) // 2
+            canvas[top:top + nh, left:left + nw] = np.asarray(im, dtype=np.float32)
+        pending.append(canvas)
+        if len(pending) == batch:
+            done += len(np.stack(pending))
+            pending = []
+    if pending:
+        done += len(np.stack(pending))
+    return done
+
+
+def _decode_only(paths) -> int:
+    """Read and decode alone, in parallel: the ceiling for any image pipeline.
+
+    Each image is reduced to its size and batched, so Python touches 1 in 128
+    elements and its per-element overhead does not lower the ceiling.
+    """
+    import tensorflow as tf
+
+    def decode(path):
+        return tf.size(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return sum(int(b.shape[0]) for b in ds.batch(128).prefetch(tf.data.AUTOTUNE))
+
+
+def _pipeline(paths) -> int:
+    from genrecls.pipeline import make_dataset
+
+    return sum(int(images.shape[0]) for images in make_dataset(paths, image_size=224, batch_size=128))
+
+
+def _timed(fn, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def bench_input_pipeline(ctx: Context) -> dict:
+    import tensorflow as tf
+
+    n = min(len(ctx.table), max(32, int(FULL_SET * ctx.scale)))
+    paths = ctx.paths(n)
+    # One cold pass each, no warm-up pass: but the same warm OS file cache for
+    # all three, and tf.data's own one-time start-up paid outside the timings.
+    for p in paths:
+        Path(p).read_bytes()
+    list(tf.data.Dataset.range(4).map(lambda x: x + 1, num_parallel_calls=tf.data.AUTOTUNE))
+
+    rates, counts = {}, {}
+    for name, fn in (("decode_only", _decode_only), ("pipeline", _pipeline), ("pil_numpy", _pil_batches)):
+        seconds, counts[name] = _timed(fn, paths)
+        rates[name] = counts[name] / seconds
+        _say(f"  {name:<12} {counts[name]} posters in {seconds:.1f} s = {rates[name]:.0f} posters/s")
+    vs_pil = rates["pipeline"] / rates["pil_numpy"]
+    vs_decode = rates["pipeline"] / rates["decode_only"]
+    return {
+        "measurements": {"posters": n, "image_size": 224, "batch_size": 128,
+                         "posters_per_second": {k: round(v, 2) for k, v in rates.items()},
+                         "posters_done": counts},
+        "checks": [
+            _check("make_dataset vs PIL + NumPy loop", f"{rates['pipeline']:.0f} posters/s",
+                   f"{rates['pil_numpy']:.0f} posters/s (PIL loop)", vs_pil, ">= 2.0", vs_pil >= 2.0),
+            _check("make_dataset vs decode-only ceiling", f"{rates['pipeline']:.0f} posters/s",
+                   f"{rates['decode_only']:.0f} posters/s (read+decode_jpeg)", vs_decode, ">= 0.8",
+                   vs_decode >= 0.8),
+        ],
+    }
+
+
+# ----------------------------------------------------------- training throughput
+
+
+def _mean_step_seconds(model, ds, skip: int, steps: int) -> float:
+    """Mean wall time per training step, input wait included, after `skip` >= 1 steps."""
+    import keras
+
+    ends: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    model.fit(ds, epochs=1, steps_per_epoch=skip + steps, callbacks=[Clock()], shuffle=False, verbose=0)
+    return float(np.mean(np.diff(ends[skip - 1:])))
+
+
+def bench_training_throughput(ctx: Context) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from genrecls.backbones import build_backbone, set_trainable
+    from genrecls.heads import build_head
+    from genrecls.labels import GenreVocabulary
+    from genrecls.pipeline import make_dataset
+    from genrecls.training import attach, compile_for
+
+    steps = max(2, round(4 * ctx.scale))
+    genre_lists = list(ctx.table.frame["genres"])
+    Y = GenreVocabulary.fit(genre_lists).encode(genre_lists)
+    runs, checks = {}, []
+    for name, size, batch in THROUGHPUT_RUNS:
+        # Exactly one pass of full batches per fit: the cache then serves every step.
+        rows = ctx.rows(batch * (1 + steps))
+        paths = ctx.table.frame["path"].to_numpy()[rows].tolist()
+        ds = make_dataset(paths, Y[rows], image_size=size, batch_size=batch, cache="memory",
+                          shuffle=True, seed=ctx.seed)
+        fill, _ = _timed(lambda: sum(1 for _ in ds))  # warms the cache
+        x, y = next(iter(ds))
+        constant = tf.data.Dataset.from_tensors((x, y)).repeat()
+
+        keras.utils.set_random_seed(ctx.seed)
+        backbone = build_backbone(name, size, None)
+        mode = set_trainable(backbone, -1)
+        model = attach(backbone, build_head(backbone.output_shape[-1], Y.shape[1], "sigmoid", (256,)), mode)
+        compile_for(model, "multilabel", 1e-3)
+        trace, _ = _timed(lambda: model.fit(constant, epochs=1, steps_per_epoch=1, shuffle=False, verbose=0))
+        t_pipe = _mean_step_seconds(model, ds.repeat(), 1, steps)
+        t_const = _mean_step_seconds(model, constant, 1, steps)
+        wait = max(0.0, 1 - t_const / t_pipe)
+        label = f"{name} @ {size} px"
+        runs[name] = {"image_size": size, "batch_size": batch, "steps": steps, "trainable": mode,
+                      "cache_fill_seconds": round(fill, 3), "first_step_seconds": round(trace, 3),
+                      "step_seconds_pipeline": round(t_pipe, 4), "step_seconds_constant": round(t_const, 4),
+                      "posters_per_second": round(batch / t_pipe, 2),
+                      "posters_per_second_constant": round(batch / t_const, 2),
+                      "input_wait_share": round(wait, 4)}
+        _say(f"  {label}: {batch / t_pipe:.1f} posters/s from the cached pipeline, "
+             f"{batch / t_const:.1f} from a constant batch; input wait {wait:.1%}")
+        checks.append(_check(f"{label} input wait share (1 - t_const/t_pipeline)",
+                             f"{t_pipe:.3f} s/step ({batch / t_pipe:.1f} posters/s, cached pipeline)",
+                             f"{t_const:.3f} s/step (constant batch)", wait, "< 0.10", wait < 0.10))
+        del model, backbone
+        keras.backend.clear_session()
+    return {"measurements": {"backbones": runs}, "checks": checks}
+
+
+# ----------------------------------------------------------------------- OvA cost
+
+
+def _ova_top_k(cfg_kwargs: dict, table, want: int) -> int:
+    """The most genres (<= want) this table can split with every genre in every split."""
+    from genrecls.training import TrainConfig, prepare_data
+
+    for k in range(want, 0, -1):
+        try:
+            prepare_data(TrainConfig(**cfg_kwargs, top_k=k), table)
+            return k
+        except GenreclsError:
+            continue
+    raise GenreclsError("the data is too small for any OvA split; use a larger --scale or dataset")
+
+
+def bench_ova_cost(ctx: Context) -> dict:
+    from genrecls.datasets import PosterTable
+    from genrecls.training import TrainConfig, train
+
+    n = min(len(ctx.table), max(300, int(FULL_SET * ctx.scale)))
+    frame = ctx.table.frame.iloc[np.sort(ctx.rows(n))].reset_index(drop=True)
+    table = PosterTable(frame, ctx.table.root, ctx.table.format, ctx.table.dropped)
+    epochs = max(1, round(2 * ctx.scale))
+    common = dict(data=str(ctx.table.root), mode="ova", backbone="simple", weights=None, image_size=64,
+                  fine_tune_last=0, epochs=epochs, seed=ctx.seed, verbose=0)
+    top_k = _ova_top_k(common, table, OVA_TOP_K)
+    seconds, reports = {}, {}
+    for label, cached in (("cached_features", True), ("through_backbone", False)):
+        cfg = TrainConfig(**common, top_k=top_k, cache_features=cached)
+        with contextlib.redirect_stdout(io.StringIO()):  # train() prints a metrics table
+            seconds[label], reports[label] = _timed(train, cfg, ctx.work / f"ova_{label}")
+        _say(f"  {label:<16} {top_k} members, {epochs} epoch(s): {seconds[label]:.1f} s")
+    genres = list(reports["cached_features"]["genres"])
+    f1 = {label: {g: round(r["genres"][g]["f1"], 4) for g in genres} for label, r in reports.items()}
+    diff = max(abs(f1["cached_features"][g] - f1["through_backbone"][g]) for g in genres)
+    speedup = seconds["through_backbone"] / seconds["cached_features"]
+    return {
+        "measurements": {"posters": n, "members": top_k, "epochs": epochs, "backbone": "simple",
+                         "image_size": 64, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                         "f1": f1, "max_abs_f1_difference": round(diff, 4)},
+        "checks": [_check("OvA speedup from cached features", f"{seconds['cached_features']:.1f} s (cached)",
+                          f"{seconds['through_backbone']:.1f} s (through backbone)", speedup, ">= 10",
+                          speedup >= 10)],
+        "note": f"per-genre test F1, cached vs through the backbone: max |difference| {diff:.3f} "
+                f"over {top_k} genres (should be equal within noise)",
+    }
+
+
+# ------------------------------------------------------------------------ memory
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+from genrecls.pipeline import make_dataset
+
+def peak_mb():
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS
+
+paths = json.load(open(sys.argv[1])) * int(sys.argv[2])
+before = peak_mb()
+start, n = time.perf_counter(), 0
+for images in make_dataset(paths, image_size=224, batch_size=128):
+    n += int(images.shape[0])
+print(json.dumps({"posters": n, "seconds": time.perf_counter() - start,
+                  "peak_rss_mb_after_import": before, "peak_rss_mb": peak_mb()}))
+"""
+
+
+# Linux hands a process's peak RSS on across fork + exec, so a child started
+# straight from this (large) process would report our peak as its own. A
+# small launcher in between starts the measured child with a clean slate.
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
+def _stream_in_child(path_file: Path, repeat: int) -> dict:
+    """Stream the posters in a fresh interpreter, so its peak RSS is its own."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", _MEMORY_CHILD, str(path_file), str(repeat)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO))
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(ctx: Context) -> dict:
+    n = min(len(ctx.table), max(128, int(FULL_SET * ctx.scale)))
+    path_file = ctx.work / "memory_paths.json"
+    path_file.write_text(json.dumps(ctx.paths(n)))
+    runs = {}
+    for label, repeat in (("1x", 1), ("10x", 10)):
+        runs[label] = _stream_in_child(path_file, repeat)
+        r = runs[label]
+        _say(f"  {label:<4} {r['posters']} posters in {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+             f"({r['peak_rss_mb_after_import']:.0f} MB after import)")
+    ratio = runs["10x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
+    return {
+        "measurements": {"posters_1x": n, "image_size": 224, "batch_size": 128,
+                         "runs": {k: {f: round(v, 2) for f, v in r.items()} for k, r in runs.items()}},
+        "checks": [_check("peak RSS streaming 10x vs 1x the posters",
+                          f"{runs['10x']['peak_rss_mb']:.0f} MB ({runs['10x']['posters']} posters)",
+                          f"{runs['1x']['peak_rss_mb']:.0f} MB ({runs['1x']['posters']} posters)",
+                          ratio, "< 1.2", ratio < 1.2)],
+    }
+
+
+# ----------------------------------------------------------------------- scaling
+
+
+def synthetic_genre_lists(n: int, seed: int = 0, k: int = 19) -> list[list[str]]:
+    """n movies with 1-3 genres each, genre popularity falling off like Zipf (as in ml1m)."""
+    rng = np.random.default_rng(seed)
+    names = np.array([f"Genre{i:02d}" for i in range(k)])
+    popularity = 1.0 / np.arange(1, k + 1)
+    popularity /= popularity.sum()
+    sizes = rng.choice([1, 2, 3], size=n, p=[0.5, 0.35, 0.15])
+    drawn = rng.choice(k, size=(n, 3), p=popularity)
+    return [list(dict.fromkeys(names[row[:s]])) for row, s in zip(drawn, sizes)]
+
+
+def _label_work(genre_lists) -> None:
+    from genrecls.labels import GenreVocabulary, collapse, stratified_split
+
+    Y = GenreVocabulary.fit(genre_lists).encode(genre_lists)
+    stratified_split(collapse(Y, "least"))
+
+
+def bench_scaling(ctx: Context) -> dict:
+    first = max(1_000, int(SCALING_SIZES[0] * ctx.scale))
+    sizes = [first, first * 10, first * 100]  # always a decade apart, so exponents are defined
+    seconds = {}
+    for n in sizes:
+        lists = synthetic_genre_lists(n, ctx.seed)
+        repeats = 3 if n <= 100_000 else 1  # small sizes are quick and noisy: best of 3
+        seconds[n] = min(_timed(_label_work, lists)[0] for _ in range(repeats))
+        _say(f"  {n:>9,} rows: {seconds[n]:.3f} s")
+    checks = []
+    for a, b in zip(sizes, sizes[1:]):
+        exponent = math.log(seconds[b] / seconds[a]) / math.log(b / a)
+        checks.append(_check(f"growth exponent {a:,} -> {b:,} rows", f"{seconds[b]:.3f} s at {b:,} rows",
+                             f"{seconds[a]:.3f} s at {a:,} rows", exponent, "<= 1.2", exponent <= 1.2))
+    return {
+        "measurements": {"genres": 19, "seconds": {str(n): round(t, 4) for n, t in seconds.items()},
+                         "work": "GenreVocabulary.fit + encode, collapse, stratified_split"},
+        "checks": checks,
+    }
+
+
+SECTIONS = {
+    "input_pipeline": bench_input_pipeline,
+    "training_throughput": bench_training_throughput,
+    "ova_cost": bench_ova_cost,
+    "memory": bench_memory,
+    "scaling": bench_scaling,
+}
+
+
+# ------------------------------------------------------------------------ runner
+
+
+def machine() -> dict:
+    import keras
+    import PIL
+    import tensorflow as tf
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "pillow": PIL.__version__}
+
+
+def _choose_sections(sections) -> list[str]:
+    if sections is None:
+        return list(SECTION_NAMES)
+    if isinstance(sections, str):
+        sections = [sections]
+    chosen = [s.strip() for item in sections for s in str(item).split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise GenreclsError(f"unknown benchmark section(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                            f"choose from {', '.join(SECTION_NAMES)}")
+    return [s for s in SECTION_NAMES if s in chosen]
+
+
+def _write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    (out / "results.md").write_text(format_markdown(results))
+
+
+def run_benchmarks(data=None, out="benchmarks", scale: float = 1.0, sections=None, seed: int = 0) -> dict:
+    """Run the chosen sections, write out/results.json and out/results.md, return the results.
+
+    data: a dataset folder; by default ../shared/datasets/ml1m beside the
+    repository, else a generated demo set. The files are rewritten after
+    each section, so a run cut short still leaves what it measured.
+    """
+    from genrecls.datasets import load_dataset
+    from genrecls.demo import make_demo_dataset
+
+    if not scale > 0:
+        raise GenreclsError(f"scale must be positive, not {scale}")
+    chosen = _choose_sections(sections)
+    out = Path(out)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="genrecls-bench-") as tmp:
+        work = Path(tmp)
+        if data is None:
+            if (ML1M / "movies.dat").is_file():
+                data = ML1M
+            else:
+                per_genre = max(10, min(500, int(FULL_SET / 7 * scale)))
+                _say(f"no dataset at {ML1M}: generating a demo set ({per_genre} posters per genre)")
+                data = make_demo_dataset(work / "demo", per_genre=per_genre, seed=seed)
+        table = load_dataset(data)
+        results = {"machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "data": str(Path(data).resolve()), "posters": len(table), "scale": scale, "seed": seed,
+                   "sections": {}}
+        _say(f"benchmarking {len(chosen)} section(s) on {len(table)} posters from {data} (scale {scale})")
+        ctx = Context(table, scale, seed, work)
+        for i, name in enumerate(chosen, 1):
+            _say(f"[{i}/{len(chosen)}] {name}")
+            seconds, section = _timed(SECTIONS[name], ctx)
+            section["met"] = all(c["met"] for c in section["checks"])
+            section["seconds"] = round(seconds, 1)
+            results["sections"][name] = section
+            results["seconds"] = round(time.perf_counter() - started, 1)
+            _write(results, out)
+            ratios = ", ".join(f"{c['ratio']:.3g} ({c['target']})" for c in section["checks"])
+            _say(f"  -> {ratios}: {'met' if section['met'] else 'NOT met'} ({seconds:.0f} s)")
+    _say(f"wrote {out / 'results.json'} and {out / 'results.md'} in {results['seconds']:.0f} s")
+    return results
+
+
+def format_markdown(results: dict) -> str:
+    """A short table: one row per check, then notes."""
+    m = results.get("machine", {})
+    lines = [
+        "# genrecls benchmarks",
+        "",
+        f"{results.get('date', '')}, {m.get('cpu_count')} CPUs, {m.get('platform', '')}, "
+        f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}; data {results.get('data')} "
+        f"({results.get('posters')} posters), scale {results.get('scale')}",
+        "",
+        "| section | measured | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, section in results.get("sections", {}).items():
+        for c in section["checks"]:
+            lines.append(f"| {name}: {c['name']} | {c['measured']} | {c['baseline']} | {c['ratio']:.3g} "
+                         f"| {c['target']} | {'yes' if c['met'] else 'no'} |")
+        if section.get("note"):
+            notes.append(f"- {name}: {section['note']}")
+    return "\n".join(lines + ([""] + notes if notes else []) + [""])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genrecls.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help=f"dataset folder (default: {ML1M} if present, else a demo set)")
+    parser.add_argument("--out", default="benchmarks", help="folder for results.json and results.md")
+    parser.add_argument("--scale", type=float, default=1.0, help="shorten (<1) or lengthen (>1) every section")
+    parser.add_argument("--sections", nargs="+", help=f"subset of: {', '.join(SECTION_NAMES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        results = run_benchmarks(args.data, args.out, args.scale, args.sections, args.seed)
+    except GenreclsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n" + format_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
