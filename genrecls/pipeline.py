@@ -44,17 +44,25 @@ def decode_image(data: tf.Tensor, image_size: int = 224, resize: str = "pad") ->
         raise GenreclsError(f"resize must be one of {RESIZE_MODES}, not {resize!r}")
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    image = tf.cast(image, tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    # pad: the long side becomes image_size; crop: the short side does.
+    side = tf.reduce_max(shape) if resize == "pad" else tf.reduce_min(shape)
+    scale = image_size / side
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
+    if resize == "crop":
+        new = tf.maximum(new, image_size)
+    # Area averaging when shrinking (no aliasing), bilinear when enlarging; both
+    # are several times faster than the antialiased kernels of resize_with_pad.
+    image = tf.cond(
+        scale < 1.0,
+        lambda: tf.image.resize(image, new, method="area"),
+        lambda: tf.image.resize(image, new, method="bilinear"),
+    )
     if resize == "pad":
-        image = tf.image.resize_with_pad(image, image_size, image_size, antialias=True)
+        pad = image_size - new
+        image = tf.pad(image, [[pad[0] // 2, pad[0] - pad[0] // 2], [pad[1] // 2, pad[1] - pad[1] // 2], [0, 0]])
     else:
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = image_size / tf.reduce_min(shape)
-        new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-        image = tf.image.resize(image, new, antialias=True)
         image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
-    # Antialiased resampling can overshoot slightly; keep the promised range.
-    image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([image_size, image_size, 3])
     return image
 
