@@ -20,6 +20,7 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     # cores; the simple backbone walks the same code. Two OvA members suffice.
     monkeypatch.setattr(bench, "THROUGHPUT_RUNS", (("simple", 32, 32),))
     monkeypatch.setattr(bench, "OVA_TOP_K", 2)
+    monkeypatch.setattr(bench, "OVA_RUN", ("simple", 32))
     out = tmp_path / "bench"
 
     results = bench.run_benchmarks(data=data, out=out, scale=0.001, seed=0)
