@@ -14,13 +14,15 @@ SEED       ?= 0
 BACKBONE   ?= simple
 WEIGHTS    ?= default
 EPOCHS     ?= 10
-IMAGE_SIZE ?= 48
-BATCH_SIZE ?= 16
+IMAGE_SIZE ?=
+BATCH_SIZE ?= 32
 OUT        ?= models/$(MODE)-$(BACKBONE)-$(notdir $(DATA))
 EXTRA      ?=
-TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) --backbone $(BACKBONE) --weights $(WEIGHTS) \
-	--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
-	--out $(OUT) --overwrite $(EXTRA)
+# Options every training-like target shares; IMAGE_SIZE empty means the backbone's own size.
+COMMON = --backbone $(BACKBONE) --weights $(WEIGHTS) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
+	--seed $(SEED) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE),)
+# Re-running a train target resumes an interrupted run; add EXTRA=--overwrite to start over.
+TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) $(COMMON) --out $(OUT) $(EXTRA)
 
 MODE       ?= multilabel
 TRIALS     ?= 5
@@ -53,7 +55,8 @@ demo-data: install
 
 demo: demo-data
 	$(BIN)/genrecls summary $(DEMO_DATA)
-	$(MAKE) --no-print-directory train-ova DATA=$(DEMO_DATA) OUT=models/demo-ova EXTRA="--quiet --cache memory"
+	$(MAKE) --no-print-directory train-ova DATA=$(DEMO_DATA) OUT=models/demo-ova IMAGE_SIZE=48 BATCH_SIZE=16 \
+		EXTRA="--quiet --cache memory --overwrite"
 
 # Each train target generates the demo set first when DATA is the demo set.
 train-ova train-multilabel train-multiclass: MODE = $(patsubst train-%,%,$@)
@@ -64,9 +67,8 @@ train-ova train-multilabel train-multiclass: install
 # Resumable: run it again to continue the search; add EXTRA=--overwrite to start over.
 tune: install
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
-	$(BIN)/genrecls tune $(DATA) --mode $(MODE) --backbone $(BACKBONE) --weights $(WEIGHTS) \
-		--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --batch-size $(BATCH_SIZE) --seed $(SEED) \
-		--max-trials $(TRIALS) --out models/tune-$(MODE)-$(BACKBONE)-$(notdir $(DATA)) --quiet $(EXTRA)
+	$(BIN)/genrecls tune $(DATA) --mode $(MODE) $(COMMON) --max-trials $(TRIALS) \
+		--out models/tune-$(MODE)-$(BACKBONE)-$(notdir $(DATA)) --quiet $(EXTRA)
 
 SCALE      ?= 1
 bench: install

@@ -9,6 +9,7 @@ exported model takes raw pixels.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -58,7 +59,7 @@ class BackboneSpec:
     default_size: int
     preprocess: Callable[[], layers.Layer] | None  # None: the model rescales itself
     imagenet_file: str | None  # the file Keras downloads for weights="imagenet"
-    local_via_cache: bool = False  # weights=<path> must go through Keras's cache
+    imagenet_md5: str | None = None  # set where a local copy of that file must go through Keras's cache
 
     @property
     def pretrained(self) -> bool:
@@ -67,10 +68,12 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnetb0": BackboneSpec(
-        keras.applications.EfficientNetB0, 224, None, "efficientnetb0_notop.h5", local_via_cache=True
+        keras.applications.EfficientNetB0, 224, None, "efficientnetb0_notop.h5",
+        imagenet_md5="50bc09e76180e00e4465e1a485ddc09d",  # Keras's own checksum of that file
     ),
     "efficientnetv2b0": BackboneSpec(
-        keras.applications.EfficientNetV2B0, 224, None, "efficientnetv2-b0_notop.h5", local_via_cache=True
+        keras.applications.EfficientNetV2B0, 224, None, "efficientnetv2-b0_notop.h5",
+        imagenet_md5="893217f2bb855e2983157299931e43ff",
     ),
     "resnet50": BackboneSpec(
         keras.applications.ResNet50, 224, CaffePreprocess,
@@ -97,26 +100,31 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def normalize_weights(weights: str | None) -> str | None:
-    """'none'/None -> None, 'imagenet' stays, anything else must be an existing file."""
+    """'none'/None -> None; 'imagenet' and file paths stay (files are checked when building)."""
     if weights is None or str(weights).lower() in ("none", ""):
         return None
-    if weights == "imagenet":
-        return weights
-    if not os.path.isfile(weights):
-        raise GenreclsError(f"weights file {weights} does not exist; use 'imagenet', 'none' or a file path")
-    return os.path.abspath(weights)
+    return weights if weights == "imagenet" else os.path.abspath(weights)
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _install_in_cache(spec: BackboneSpec, path: str) -> None:
-    """Put a local EfficientNet file where Keras looks, so weights='imagenet' loads it.
+    """Put a local copy of the official EfficientNet file where Keras looks for it.
 
-    Passing the path straight to EfficientNet would skip a rescaling fix
-    that the 'imagenet' route applies, silently changing the outputs.
+    Passing that file's path straight to EfficientNet would skip a rescaling
+    fix that the 'imagenet' route applies, silently changing the outputs.
     """
     target = os.path.join(keras_cache_dir(), spec.imagenet_file)
+    if os.path.exists(target) and _md5(target) == spec.imagenet_md5:
+        return
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    if os.path.abspath(target) != path:
-        shutil.copyfile(path, target)
+    shutil.copyfile(path, target)
 
 
 def _missing_weights_error(name: str, spec: BackboneSpec, exc: Exception) -> GenreclsError:
@@ -140,24 +148,31 @@ def build_backbone(name: str, image_size: int | None = None, weights: str | None
     spec = get_spec(name)
     size = image_size or spec.default_size
     weights = normalize_weights(weights)
-    if weights is not None and not spec.pretrained and weights == "imagenet":
+    if weights == "imagenet" and not spec.pretrained:
         raise GenreclsError(f"backbone {name!r} has no ImageNet weights; use --weights none or a file")
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise GenreclsError(f"weights file {weights} does not exist; use 'imagenet', 'none' or a file path")
     shape = (size, size, 3)
-    keras_weights = weights
-    if weights not in (None, "imagenet") and spec.local_via_cache:
-        _install_in_cache(spec, weights)
-        keras_weights = "imagenet"
+    keras_weights, load_after = weights, None
+    if weights not in (None, "imagenet") and spec.imagenet_md5:
+        if _md5(weights) == spec.imagenet_md5:  # the official file: go the 'imagenet' way
+            _install_in_cache(spec, weights)
+            keras_weights = "imagenet"
+        else:  # the user's own weights for this network (e.g. saved after fine-tuning)
+            keras_weights, load_after = None, weights
     try:
         if spec.pretrained:
             base = spec.builder(include_top=False, weights=keras_weights, input_shape=shape)
         else:
             base = spec.builder(shape, weights=keras_weights)
-    except ValueError as exc:
-        raise GenreclsError(f"cannot build {name} at {size}x{size} with weights {weights}: {exc}") from None
+        if load_after:
+            base.load_weights(load_after)
     except Exception as exc:  # Keras raises a bare Exception when a download fails
         if keras_weights == "imagenet":
             raise _missing_weights_error(name, spec, exc) from None
-        raise
+        raise GenreclsError(
+            f"cannot build {name} at {size}x{size} with weights {weights}: {str(exc).splitlines()[0][:200]}"
+        ) from None
 
     inputs = keras.Input(shape, name="image")
     x = spec.preprocess()(inputs) if spec.preprocess else inputs

@@ -86,6 +86,10 @@ def train_config(args):
 
     base = TrainConfig.load(args.config).to_json() if args.config else {}
     given = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    if "backbone" in given and given["backbone"] != base.get("backbone"):
+        # the saved size and weights were resolved for the old backbone: resolve them anew
+        base.pop("image_size", None)
+        base.pop("weights", None)
     if given.get("genres") is not None:
         given["genres"] = [g.strip() for g in given["genres"].split(",") if g.strip()]
     csv_options = _csv_options(args)

@@ -329,8 +329,6 @@ def _records_csv(
     **_,
 ):
     path = root / csv_file
-    if not path.is_file():
-        raise GenreclsError(f"{path} does not exist; name the table with --csv-file")
     frame = _read_csv(path, dropped, sep=delimiter)
     if title_column is None and "title" in frame.columns:
         title_column = "title"
@@ -389,6 +387,9 @@ def load_dataset(
     fmt = format or detect_format(root)
     if fmt not in READERS:
         raise GenreclsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    marker = csv_options.get("csv_file", FORMAT_MARKERS[fmt])
+    if not (root / marker).is_file():
+        raise GenreclsError(f"{root} has no {marker}, which the {fmt} format reads")
     if fmt != "csv" and csv_options:
         raise GenreclsError(f"options {sorted(csv_options)} apply only to --format csv")
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from genrecls.datasets import POSTER_EXTENSIONS, image_problem
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import DEFAULT_THRESHOLD
+from genrecls.evaluation import DEFAULT_THRESHOLD, decide
 from genrecls.labels import GenreVocabulary
 from genrecls.pipeline import decode_image
 from genrecls.training import TrainConfig, load_run_model
@@ -39,13 +39,15 @@ METADATA = "metadata.json"
 def run_metadata(run: str | os.PathLike) -> dict:
     """Genres, thresholds and input settings of a run folder."""
     run = Path(run)
+    if not (run / "config.json").exists() or not (run / "genres.json").exists():
+        raise GenreclsError(f"{run} is not a run folder (no config.json or genres.json)")
     cfg = TrainConfig.load(run / "config.json")
     genres = GenreVocabulary.load(run / "genres.json").names
     thresholds_file = run / "thresholds.json"
     if thresholds_file.exists():
-        saved = json.loads(thresholds_file.read_text())["thresholds"]
-        thresholds = [float(saved[g]) for g in genres]
-        source = json.loads(thresholds_file.read_text())["source"]
+        saved = json.loads(thresholds_file.read_text())
+        thresholds = [float(saved["thresholds"][g]) for g in genres]
+        source = saved["source"]
     else:
         thresholds, source = [DEFAULT_THRESHOLD] * len(genres), f"global {DEFAULT_THRESHOLD} (run not evaluated)"
     return {
@@ -115,37 +117,34 @@ def _export_tflite(model, meta: dict, path: Path) -> Path:
 
 @dataclass
 class Predictor:
-    """Probabilities for encoded images, from a run folder or an export."""
+    """Probabilities and decisions for encoded images, from a run folder or an export."""
 
-    probabilities_of: callable  # list[bytes] -> float32 (N, K)
-    meta: dict
+    predict: callable  # list[bytes] -> (probabilities float (N, K), above threshold bool (N, K))
+    genres: list
 
     @classmethod
     def load(cls, source: str | os.PathLike) -> "Predictor":
         source = Path(source)
         if (source / "saved_model.pb").exists():
-            loaded = tf.saved_model.load(str(source))
-            serve = loaded.signatures["serving_default"]
-            meta = json.loads((source / METADATA).read_text()) if (source / METADATA).exists() else {
-                k: [v.decode() if isinstance(v, bytes) else float(v) for v in t.numpy()]
-                for k, t in loaded.signatures["metadata"]().items()}
-            meta.setdefault("mode", "multilabel")
-            return cls(lambda images: serve(images=tf.constant(images))["probabilities"].numpy(), meta)
+            serve = tf.saved_model.load(str(source)).signatures
+
+            def from_export(images):
+                out = serve["serving_default"](images=tf.constant(images))
+                return out["probabilities"].numpy(), out["above_threshold"].numpy()
+
+            genres = [g.decode() for g in serve["metadata"]()["genres"].numpy()]
+            return cls(from_export, genres)
         if (source / "config.json").exists():
             meta = run_metadata(source)
             model = load_run_model(source)
 
-            def probabilities_of(images):
+            def from_run(images):
                 pixels = tf.stack([decode_image(tf.constant(b), meta["image_size"], meta["resize"]) for b in images])
-                return model(pixels, training=False).numpy()
+                probabilities = model(pixels, training=False).numpy()
+                return probabilities, decide(probabilities, meta["mode"], meta["thresholds"]).astype(bool)
 
-            return cls(probabilities_of, meta)
+            return cls(from_run, meta["genres"])
         raise GenreclsError(f"{source} is neither a run folder (config.json) nor an export (saved_model.pb)")
-
-    def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        if self.meta["mode"] == "multiclass":
-            return np.eye(probabilities.shape[1], dtype=bool)[probabilities.argmax(axis=1)]
-        return probabilities >= np.asarray(self.meta["thresholds"])
 
 
 def expand_inputs(paths: list) -> list[Path]:
@@ -168,7 +167,7 @@ def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32) -> 
     predicted (a batch that fails to decode is retried one file at a time).
     """
     predictor = Predictor.load(source)
-    genres = predictor.meta["genres"]
+    genres = predictor.genres
     results = []
     readable = []
     for path in expand_inputs(paths):
@@ -178,13 +177,12 @@ def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32) -> 
             readable.append(len(results) - 1)
     for start in range(0, len(readable), batch_size):
         chunk = readable[start:start + batch_size]
-        for i, probs in _predict_chunk(predictor, [results[i]["file"] for i in chunk]):
+        for i, probs, above in _predict_chunk(predictor, [results[i]["file"] for i in chunk]):
             result = results[chunk[i]]
             if probs is None:
                 result["error"] = "cannot be decoded"
                 continue
             order = np.argsort(-probs)[:top_k]
-            above = predictor.decide(probs[None])[0]
             result["top"] = [{"genre": genres[j], "probability": float(probs[j])} for j in order]
             result["above_threshold"] = [genres[j] for j in np.flatnonzero(above)]
             result["probabilities"] = dict(zip(genres, map(float, probs)))
@@ -194,13 +192,15 @@ def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32) -> 
 def _predict_chunk(predictor: Predictor, files: list[str]):
     data = [Path(f).read_bytes() for f in files]
     try:
-        yield from enumerate(predictor.probabilities_of(data))
+        probabilities, above = predictor.predict(data)
+        yield from zip(range(len(data)), probabilities, above)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         for i, one in enumerate(data):
             try:
-                yield i, predictor.probabilities_of([one])[0]
+                probabilities, above = predictor.predict([one])
+                yield i, probabilities[0], above[0]
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-                yield i, None
+                yield i, None, None
 
 
 def format_predictions(results: list[dict]) -> str:

@@ -58,7 +58,7 @@ class GenreVocabulary:
                     f"unknown genre(s) {', '.join(map(repr, unknown))}; "
                     f"the data has: {', '.join(sorted(counts))}"
                 )
-            chosen = [by_lower[g.strip().lower()] for g in genres]
+            chosen = list(dict.fromkeys(by_lower[g.strip().lower()] for g in genres))
         else:
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             chosen = [g for g, n in ranked if n >= min_count]
@@ -68,6 +68,11 @@ class GenreVocabulary:
             raise GenreclsError(f"no genre has at least {min_count} posters")
         if other and OTHER in chosen:
             raise GenreclsError(f"the data already has a genre named {OTHER!r}")
+        if len(chosen) + bool(other) < 2:
+            raise GenreclsError(
+                f"only {chosen[0]!r} is left to predict: every poster would be that genre. "
+                "Keep at least two genres, or add --other for everything else"
+            )
         return cls(tuple(chosen), OTHER if other else None)
 
     @property
@@ -224,7 +229,10 @@ def ova_subset(
     pos = np.flatnonzero(Y[:, genre] > 0)
     neg = np.flatnonzero(Y[:, genre] == 0)
     if len(pos) == 0 or len(neg) == 0:
-        raise GenreclsError(f"genre column {genre} has no positives or no negatives")
+        raise GenreclsError(
+            f"genre column {genre} has {'no' if len(pos) == 0 else 'only'} positives in this split; "
+            "a one-vs-all member needs both (use more data or fewer genres)"
+        )
     others = Y[neg].copy()
     others[:, genre] = 0
     strata = collapse(others, "least")

@@ -16,6 +16,7 @@ tf.data (and logged) rather than stopping an epoch halfway.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ def decode_image(data: tf.Tensor, image_size: int = 224, resize: str = "pad") ->
 
 def load_image(path: tf.Tensor, image_size: int = 224, resize: str = "pad") -> tf.Tensor:
     return decode_image(tf.io.read_file(path), image_size, resize)
+
+
+def _cache_file(prefix: str, paths, labels, image_size: int, resize: str) -> str:
+    """A cache file per distinct dataset: tf.data would otherwise hand one dataset's
+    cached posters to any other dataset given the same file prefix."""
+    digest = hashlib.sha1(f"{image_size}|{resize}|".encode())
+    digest.update("\0".join(paths).encode())
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels).tobytes())
+    return f"{prefix}_{digest.hexdigest()[:16]}"
 
 
 def readable(paths: list[str]) -> np.ndarray:
@@ -176,7 +187,7 @@ def make_dataset(
         # Safety net for files that pass the loader's byte checks yet fail to decode.
         ds = ds.ignore_errors(log_warning=True)
     if cache:
-        ds = ds.cache("" if cache == "memory" else cache)
+        ds = ds.cache("" if cache == "memory" else _cache_file(cache, paths, labels, image_size, resize))
         if shuffle:
             ds = ds.shuffle(min(shuffle_buffer, len(paths)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

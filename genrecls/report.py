@@ -12,7 +12,6 @@ import pandas as pd
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import DEFAULT_THRESHOLD, choose_thresholds, evaluate_predictions
 from genrecls.labels import GenreVocabulary
-from genrecls.pipeline import make_dataset
 from genrecls.plots import (
     plot_confusion_matrices,
     plot_f1_against_random,
@@ -20,7 +19,7 @@ from genrecls.plots import (
     plot_precision_recall,
     plot_training_curves,
 )
-from genrecls.training import TrainConfig, load_run_model, prepare_data
+from genrecls.training import Inputs, TrainConfig, load_run_model, predict_split, prepare_data
 
 SPLITS = ("train", "val", "test")
 PLOTS = {
@@ -38,14 +37,6 @@ def _rows(run: Path, data, part: str) -> tuple[np.ndarray, int]:
     where = {movie_id: i for i, movie_id in enumerate(data.ids)}
     rows = np.array([where[i] for i in ids if i in where], dtype="int64")
     return rows, len(ids) - len(rows)
-
-
-def predict_rows(model, data, rows: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Model probabilities for the given rows; the rows travel with the images."""
-    ds = make_dataset(data.paths[rows], rows, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                      resize=cfg.resize, check_files=False)
-    batches = [(model(x, training=False).numpy(), r.numpy()) for x, r in ds]
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
 def evaluate_run(
@@ -78,6 +69,7 @@ def evaluate_run(
         raise GenreclsError(f"the data's genres {prepared.vocab.names} differ from the run's {vocab.names}")
     model = load_run_model(run)
     names = vocab.names
+    inputs = Inputs(cfg, prepared.paths, backbone=None)  # whole model on images, as predict and export see it
 
     train_rows, _ = _rows(run, prepared, "train")
     val_rows, _ = _rows(run, prepared, "val")
@@ -86,7 +78,7 @@ def evaluate_run(
         raise GenreclsError(f"none of the run's {split} posters is in {cfg.data}")
 
     if tune_thresholds and cfg.mode != "multiclass":
-        p_val, val_seen = predict_rows(model, prepared, val_rows, cfg)
+        p_val, val_seen = predict_split(model, inputs, val_rows)
         thresholds = choose_thresholds(prepared.Y[val_seen], p_val, default=threshold)
         source = "per genre, maximising F1 on the validation split"
     else:
@@ -95,7 +87,7 @@ def evaluate_run(
     thresholds_doc = {"source": source, "thresholds": dict(zip(names, map(float, thresholds)))}
     (run / "thresholds.json").write_text(json.dumps(thresholds_doc, indent=2, ensure_ascii=False))
 
-    probabilities, seen = predict_rows(model, prepared, rows, cfg)
+    probabilities, seen = predict_split(model, inputs, rows)
     report = evaluate_predictions(
         prepared.Y[seen], probabilities, names, cfg.mode, thresholds,
         train_truth=prepared.Y[train_rows], true_class=prepared.strata[seen], k=k,

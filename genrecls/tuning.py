@@ -26,17 +26,8 @@ import pandas as pd
 from genrecls.backbones import build_backbone, set_trainable
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
-from genrecls.labels import ova_subset
-from genrecls.training import (
-    BALANCING,
-    Inputs,
-    TrainConfig,
-    member_slug,
-    attach,
-    compile_for,
-    positive_weights,
-    prepare_data,
-)
+from genrecls.labels import class_weights, ova_subset, positive_weights
+from genrecls.training import BALANCING, Inputs, TrainConfig, attach, compile_for, member_slug, prepare_data
 
 OBJECTIVES = {
     "val_loss": kt.Objective("val_loss", direction="min"),
@@ -57,9 +48,11 @@ DEFAULT_SPACE = {
 
 
 def default_space(cfg: TrainConfig) -> dict:
-    """DEFAULT_SPACE, except that a randomly initialised backbone trains whole (-1)."""
+    """DEFAULT_SPACE with the config's --fine-tune-last, else -1 (all) for random weights."""
     space = copy.deepcopy(DEFAULT_SPACE)
-    if cfg.weights is None:
+    if cfg.fine_tune_last is not None:
+        space["fine_tune_last"] = [cfg.fine_tune_last]
+    elif cfg.weights is None:
         space["fine_tune_last"] = [-1]
     return space
 
@@ -69,6 +62,8 @@ def load_space(path: str | os.PathLike | None, cfg: TrainConfig) -> dict:
     space = default_space(cfg)
     if path is None:
         return space
+    if not Path(path).is_file():
+        raise GenreclsError(f"search space file {path} does not exist")
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
         try:
@@ -164,11 +159,12 @@ class SharedOvARandomSearch(TrialLog, kt.RandomSearch):
 
     def run_trial(self, trial, member_data, epochs, callbacks, verbose=0):
         histories = []
-        for train_ds, val_ds in member_data:
-            keras.backend.clear_session()  # keep memory flat across members and trials
-            model = self.hypermodel.build(trial.hyperparameters)
-            histories.append(model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                                       callbacks=callbacks, shuffle=False, verbose=verbose))
+        for _ in range(self.executions_per_trial):
+            for train_ds, val_ds, weights in member_data:
+                keras.backend.clear_session()  # keep memory flat across members and trials
+                model = self.hypermodel.build(trial.hyperparameters)
+                histories.append(model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
+                                           callbacks=callbacks, shuffle=False, verbose=verbose))
         return histories
 
 
@@ -213,9 +209,11 @@ def tune(
         raise GenreclsError("a distributed OvA search needs --ova-scope shared (one search for all genres)")
     if max_trials < 1 or executions_per_trial < 1:
         raise GenreclsError("--max-trials and --executions-per-trial must be at least 1")
+    if cfg.freeze_until is not None:
+        raise GenreclsError("tune searches the trainable layers as fine_tune_last; drop --freeze-until")
     space = space or default_space(cfg)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_search_folder(out, cfg, space, overwrite)
     keras.utils.set_random_seed(cfg.seed)
 
     data = prepare_data(cfg)
@@ -244,31 +242,34 @@ def tune(
     if cfg.mode != "ova":
         pos_weight = positive_weights(T[train_idx], cfg.class_weight) if (
             cfg.class_weight and cfg.mode == "multilabel") else None
+        weights = class_weights(data.strata[train_idx], cfg.class_weight) if (
+            cfg.class_weight and cfg.mode == "multiclass") else None
         model = GenreHyperModel(cfg, space, cfg.mode, T.shape[1], feature_dim, pos_weight)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                        cfg.epochs, directory, "search", overwrite, cfg.seed)
         tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
                                validation_data=inputs.dataset(val_idx, T[val_idx], False),
-                               epochs=cfg.epochs, callbacks=stop, shuffle=False, verbose=0)
+                               epochs=cfg.epochs, callbacks=stop, class_weight=weights, shuffle=False, verbose=0)
     else:
         members = []
         for j, genre in enumerate(data.vocab.names):
             tr, y_tr = ova_subset(T[train_idx], j, cfg.positive_share, cfg.seed + j)
             va, y_va = ova_subset(T[val_idx], j, cfg.positive_share, cfg.seed + j)
+            weights = class_weights(y_tr.astype(int), cfg.class_weight) if cfg.class_weight else None
             members.append((genre, inputs.dataset(train_idx[tr], y_tr[:, None], True),
-                            inputs.dataset(val_idx[va], y_va[:, None], False)))
+                            inputs.dataset(val_idx[va], y_va[:, None], False), weights))
         model = GenreHyperModel(cfg, space, "member", 1, feature_dim)
         if ova_scope == "shared":
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                            cfg.epochs, directory, "shared", overwrite, cfg.seed)
-            tuners["all"] = search(tuner, [(a, b) for _, a, b in members], epochs=cfg.epochs, callbacks=stop)
+            tuners["all"] = search(tuner, [m[1:] for m in members], epochs=cfg.epochs, callbacks=stop)
         else:
-            for j, (genre, train_ds, val_ds) in enumerate(members):
+            for j, (genre, train_ds, val_ds, weights) in enumerate(members):
                 print(f"[{j + 1}/{len(members)}] searching the {genre} member", flush=True)
                 tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                                cfg.epochs, directory, member_slug(j, genre), overwrite, cfg.seed + j)
                 tuners[genre] = search(tuner, train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                                       callbacks=stop, shuffle=False, verbose=0)
+                                       callbacks=stop, class_weight=weights, shuffle=False, verbose=0)
     if is_worker():
         print("worker finished: the chief writes the results", flush=True)
         return pd.DataFrame()
@@ -277,6 +278,22 @@ def tune(
     best = best_config(cfg, tuners, space)
     (out / "config.json").write_text(json.dumps(best.to_json(), indent=2, ensure_ascii=False))
     return table
+
+
+def _claim_search_folder(out: Path, cfg: TrainConfig, space: dict, overwrite: bool) -> None:
+    """Refuse to continue a search that was started with other settings (its trials would not compare)."""
+    record = out / "search.json"
+    now = {"config": {k: v for k, v in cfg.to_json().items() if k != "verbose"}, "space": space}
+    if record.exists() and not overwrite:
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in now["config"] if before["config"].get(k) != now["config"][k])
+        if before["space"] != json.loads(json.dumps(space)):
+            changed.append("search space")
+        if changed:
+            raise GenreclsError(f"{out} holds a search with other settings ({', '.join(changed)}); "
+                                "pass --overwrite or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(now, indent=2, ensure_ascii=False))
 
 
 def trial_table(tuners: dict, objective: str) -> pd.DataFrame:

@@ -180,6 +180,8 @@ def test_unknown_folder_and_format_errors(tmp_path):
         detect_format(tmp_path)
     with pytest.raises(GenreclsError, match="unknown format"):
         load_dataset(tmp_path, "imdb")
+    with pytest.raises(GenreclsError, match="has no movies.dat, which the movielens format reads"):
+        load_dataset(tmp_path, "movielens")
 
 
 def test_genre_string_parsing():

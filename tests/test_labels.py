@@ -46,6 +46,13 @@ def test_vocabulary_without_other_ignores_outside_genres():
     assert Y[2].sum() == 0 and Y[4].tolist() == [0, 1]
 
 
+def test_duplicate_and_single_genre_lists():
+    assert GenreVocabulary.fit(MOVIES, genres=["Drama", "drama", "Comedy"]).names == ["Drama", "Comedy"]
+    with pytest.raises(GenreclsError, match="only 'Drama' is left.*--other"):
+        GenreVocabulary.fit(MOVIES, genres=["Drama"])
+    assert GenreVocabulary.fit(MOVIES, genres=["Drama"], other=True).names == ["Drama", "Other"]
+
+
 def test_unknown_genre_is_a_clear_error():
     with pytest.raises(GenreclsError, match="unknown genre.*'Musicals'.*the data has: Comedy, Drama"):
         GenreVocabulary.fit(MOVIES, genres=["Drama", "Musicals"])

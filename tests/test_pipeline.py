@@ -91,6 +91,9 @@ def test_cache_shuffle_and_augment(tmp_path):
         second = np.concatenate([y.numpy() for _, y in ds])
         assert sorted(first.tolist()) == list(range(20)) == sorted(second.tolist())
         assert first.tolist() != second.tolist()  # reshuffled each epoch
+    # a file cache is per dataset: another dataset with the same prefix reads its own posters
+    other = make_dataset(paths[:5], labels[:5] + 100, image_size=16, batch_size=8, cache=str(tmp_path / "cache"))
+    assert sorted(np.concatenate([y.numpy() for _, y in other]).tolist()) == list(range(100, 105))
     again = make_dataset(paths, labels, image_size=16, batch_size=8, shuffle=True, seed=1)
     same = make_dataset(paths, labels, image_size=16, batch_size=8, shuffle=True, seed=1)
     assert [y.numpy().tolist() for _, y in again] == [y.numpy().tolist() for _, y in same]

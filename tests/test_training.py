@@ -158,6 +158,11 @@ def test_cli_train_with_config_and_overrides(demo_dir, tmp_path, capsys):
     assert len(json.loads((tmp_path / "b" / "genres.json").read_text())["genres"]) == 3
     assert main(["train", str(demo_dir), "--backbone", "vgg"]) == 1
     assert "unknown backbone" in capsys.readouterr().err
+    # a new backbone on top of an old config gets its own input size and weights
+    from genrecls.cli import build_parser, train_config
+
+    switched = train_config(build_parser().parse_args(["train", "--config", str(config), "--backbone", "resnet50"]))
+    assert (switched.image_size, switched.weights, switched.mode) == (224, "imagenet", "multilabel")
 
 
 @pytest.mark.slow

@@ -57,6 +57,8 @@ def test_f1_search_keeps_the_highest_score_and_resumes(demo_dir, tmp_path, capsy
     assert len(again) == 3
     pd.testing.assert_frame_equal(again.iloc[:2].reset_index(drop=True), first.reset_index(drop=True),
                                   check_dtype=False)
+    with pytest.raises(GenreclsError, match="other settings \\(epochs\\)"):
+        tune(_cfg(demo_dir, epochs=3), out, max_trials=3, objective="val_f1_micro", space=_space(cfg, tmp_path))
     fresh = tune(cfg, out, max_trials=1, objective="val_f1_micro", space=_space(cfg, tmp_path), overwrite=True)
     assert len(fresh) == 1
 
