@@ -36,8 +36,11 @@ DEFAULT_THRESHOLD = 0.5
 def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Per-genre threshold maximising F1 on the validation split.
 
-    Takes only validation arrays, so the test split cannot leak in. A genre
-    without positives in validation keeps `default`.
+    Every threshold between the best cut and the next lower score makes the
+    same validation decisions; the midpoint is taken, so the threshold does
+    not sit right on the lowest positive score and keeps a margin for new
+    posters. Takes only validation arrays, so the test split cannot leak in.
+    A genre without positives in validation keeps `default`.
     """
     y_val = np.asarray(y_val).astype(int)
     thresholds = np.full(y_val.shape[1], default, dtype=float)
@@ -48,7 +51,8 @@ def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, default: float = DEF
         f1 = np.divide(2 * precision * recall, precision + recall,
                        out=np.zeros_like(precision), where=(precision + recall) > 0)
         best = int(np.argmax(f1[:-1]))  # the last point has no threshold
-        thresholds[j] = float(cuts[best])
+        below = cuts[best - 1] if best > 0 else cuts[best]
+        thresholds[j] = float((cuts[best] + below) / 2)
     return thresholds
 
 
