@@ -128,6 +128,10 @@ class TrainConfig:
             raise GenreclsError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def changed_from(self, saved: dict) -> list[str]:
+        """Names of the settings that differ from a saved config (verbosity aside)."""
+        return sorted(k for k, v in self.to_json().items() if k != "verbose" and saved.get(k) != v)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         try:
@@ -349,9 +353,7 @@ class Trainer:
         if (self.out / "metrics.json").exists():
             raise GenreclsError(f"{self.out} already holds a finished run; pass --overwrite or another --out")
         if config_file.exists():
-            previous = json.loads(config_file.read_text())
-            now = self.cfg.to_json()
-            changed = sorted(k for k in now if k != "verbose" and previous.get(k) != now[k])
+            changed = self.cfg.changed_from(json.loads(config_file.read_text()))
             if changed:
                 raise GenreclsError(
                     f"{self.out} holds an unfinished run with other settings ({', '.join(changed)}); "
@@ -419,11 +421,7 @@ class Trainer:
         head = build_head(backbone.output_shape[-1], T.shape[1], activation, cfg.head, cfg.dropout)
         full = attach(backbone, head, trainable)
         fitted = head if use_features else full
-        pos_weight = class_weight = None
-        if cfg.class_weight and cfg.mode == "multilabel":
-            pos_weight = positive_weights(T[train], cfg.class_weight)
-        elif cfg.class_weight:
-            class_weight = class_weights(data.strata[train], cfg.class_weight)
+        pos_weight, class_weight = imbalance_weights(cfg, T[train], data.strata[train])
         compile_for(fitted, cfg.mode, cfg.learning_rate, pos_weight)
         history = fit(fitted, inputs.dataset(train, T[train], True), inputs.dataset(split.val, T[split.val], False),
                       cfg, self.out / "checkpoints", "model", class_weight, self.callbacks)
@@ -454,9 +452,7 @@ class Trainer:
 
     def _train_member(self, j, genre, T, split, backbone, trainable, inputs, use_features, path):
         cfg = self.cfg
-        train_idx, y_train = ova_subset(T[split.train], j, cfg.positive_share, cfg.seed + j)
-        val_idx, y_val = ova_subset(T[split.val], j, cfg.positive_share, cfg.seed + j)
-        train_idx, val_idx = split.train[train_idx], split.val[val_idx]
+        train_idx, y_train, val_idx, y_val, weights = member_sets(cfg, T, split.train, split.val, j)
         keras.utils.set_random_seed(cfg.seed + j)
         if not use_features and trainable != "frozen":  # each member tunes its own backbone
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
@@ -467,12 +463,35 @@ class Trainer:
                           name=f"member_{j}")
         fitted = head if use_features else attach(backbone, head, trainable, name=f"member_{j}")
         compile_for(fitted, "member", own.get("learning_rate", cfg.learning_rate))
-        weights = class_weights(y_train.astype(int), cfg.class_weight) if cfg.class_weight else None
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True),
             inputs.dataset(val_idx, y_val[:, None], False),
             cfg, self.out / "checkpoints", member_slug(j, genre), weights, self.callbacks)
         fitted.save(path)
         return fitted
+
+def imbalance_weights(cfg: TrainConfig, targets: np.ndarray, strata: np.ndarray):
+    """(positive weights for a weighted BCE, Keras class_weight) for the training rows.
+
+    Multilabel gets per-genre positive weights, never class_weight (Keras
+    would weight each multi-hot row by its argmax); multiclass gets class_weight.
+    """
+    if not cfg.class_weight:
+        return None, None
+    if cfg.mode == "multilabel":
+        return positive_weights(targets, cfg.class_weight), None
+    return None, class_weights(strata, cfg.class_weight)
+
+
+def member_sets(cfg: TrainConfig, T: np.ndarray, train: np.ndarray, val: np.ndarray, j: int):
+    """One OvA member's balanced train and validation rows, binary labels and class_weight.
+
+    Training and tuning both call this, so a tuned member sees the same sets it is retrained on.
+    """
+    tr, y_train = ova_subset(T[train], j, cfg.positive_share, cfg.seed + j)
+    va, y_val = ova_subset(T[val], j, cfg.positive_share, cfg.seed + j)
+    weights = class_weights(y_train.astype(int), cfg.class_weight) if cfg.class_weight else None
+    return train[tr], y_train, val[va], y_val, weights
+
 
 def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and the row index of each (rows travel with the inputs, so skips cannot misalign)."""

@@ -26,8 +26,17 @@ import pandas as pd
 from genrecls.backbones import build_backbone, set_trainable
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
-from genrecls.labels import class_weights, ova_subset, positive_weights
-from genrecls.training import BALANCING, Inputs, TrainConfig, attach, compile_for, member_slug, prepare_data
+from genrecls.training import (
+    BALANCING,
+    Inputs,
+    TrainConfig,
+    attach,
+    compile_for,
+    imbalance_weights,
+    member_sets,
+    member_slug,
+    prepare_data,
+)
 
 OBJECTIVES = {
     "val_loss": kt.Objective("val_loss", direction="min"),
@@ -240,10 +249,7 @@ def tune(
 
     tuners = {}
     if cfg.mode != "ova":
-        pos_weight = positive_weights(T[train_idx], cfg.class_weight) if (
-            cfg.class_weight and cfg.mode == "multilabel") else None
-        weights = class_weights(data.strata[train_idx], cfg.class_weight) if (
-            cfg.class_weight and cfg.mode == "multiclass") else None
+        pos_weight, weights = imbalance_weights(cfg, T[train_idx], data.strata[train_idx])
         model = GenreHyperModel(cfg, space, cfg.mode, T.shape[1], feature_dim, pos_weight)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                        cfg.epochs, directory, "search", overwrite, cfg.seed)
@@ -253,11 +259,9 @@ def tune(
     else:
         members = []
         for j, genre in enumerate(data.vocab.names):
-            tr, y_tr = ova_subset(T[train_idx], j, cfg.positive_share, cfg.seed + j)
-            va, y_va = ova_subset(T[val_idx], j, cfg.positive_share, cfg.seed + j)
-            weights = class_weights(y_tr.astype(int), cfg.class_weight) if cfg.class_weight else None
-            members.append((genre, inputs.dataset(train_idx[tr], y_tr[:, None], True),
-                            inputs.dataset(val_idx[va], y_va[:, None], False), weights))
+            tr, y_tr, va, y_va, weights = member_sets(cfg, T, train_idx, val_idx, j)
+            members.append((genre, inputs.dataset(tr, y_tr[:, None], True),
+                            inputs.dataset(va, y_va[:, None], False), weights))
         model = GenreHyperModel(cfg, space, "member", 1, feature_dim)
         if ova_scope == "shared":
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
@@ -286,7 +290,7 @@ def _claim_search_folder(out: Path, cfg: TrainConfig, space: dict, overwrite: bo
     now = {"config": {k: v for k, v in cfg.to_json().items() if k != "verbose"}, "space": space}
     if record.exists() and not overwrite:
         before = json.loads(record.read_text())
-        changed = sorted(k for k in now["config"] if before["config"].get(k) != now["config"][k])
+        changed = cfg.changed_from(before["config"])
         if before["space"] != json.loads(json.dumps(space)):
             changed.append("search space")
         if changed:
