@@ -9,18 +9,21 @@ DEMO_DATA  := datasets/demo
 DATA       ?= $(DEMO_DATA)
 PER_GENRE  ?= 60
 SEED       ?= 0
-# Training defaults: the small scratch CNN, quick on a CPU; override any of them,
-# e.g. make train-ova DATA=../shared/datasets/ml1m BACKBONE=efficientnetv2b0 EPOCHS=20
-BACKBONE   ?= simple
-WEIGHTS    ?= default
-EPOCHS     ?= 10
+# Training: WEIGHTS=none (the default) starts from the measured scratch recipe (genrecls.config.RECIPES:
+# the small CNN at 128 px, augmentation, dropout, a shared OvA trunk); any variable set here overrides it,
+# e.g. make train-ova DATA=../shared/datasets/ml1m WEIGHTS=imagenet BACKBONE=efficientnetv2b0 EPOCHS=20
+WEIGHTS    ?= none
+RECIPE     ?= $(if $(filter none,$(WEIGHTS)),scratch,)
+BACKBONE   ?=
+EPOCHS     ?=
 IMAGE_SIZE ?=
-BATCH_SIZE ?= 32
-OUT        ?= models/$(MODE)-$(BACKBONE)-$(notdir $(DATA))
+BATCH_SIZE ?=
+OUT        ?= models/$(MODE)-$(or $(BACKBONE),$(RECIPE),default)-$(notdir $(DATA))
 EXTRA      ?=
-# Options every training-like target shares; IMAGE_SIZE empty means the backbone's own size.
-COMMON = --backbone $(BACKBONE) --weights $(WEIGHTS) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
-	--seed $(SEED) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE),)
+# Options every training-like target shares; an empty variable leaves the recipe's (or config's) value.
+COMMON = $(if $(RECIPE),--recipe $(RECIPE)) --weights $(WEIGHTS) --seed $(SEED) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
+	$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
 # Re-running a train target resumes an interrupted run; add EXTRA=--overwrite to start over.
 TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) $(COMMON) --out $(OUT) $(EXTRA)
 
@@ -29,7 +32,8 @@ TRIALS     ?= 5
 RUN        ?= models/demo-ova
 IMAGES     ?= $(DEMO_DATA)/posters
 
-.PHONY: install demo demo-data test clean help train-ova train-multilabel train-multiclass tune export predict bench
+.PHONY: install demo demo-data test test-fast clean help train-ova train-multilabel train-multiclass tune export predict \
+	bench quality
 
 help:
 	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
@@ -37,8 +41,11 @@ help:
 	@echo "make tune   [DATA= MODE= BACKBONE= TRIALS= EPOCHS=]  - Keras Tuner random search, resumable"
 	@echo "make export RUN=models/RUN   - SavedModel serving image bytes in RUN/export"
 	@echo "make predict RUN=models/RUN IMAGES='a.jpg folder/'   - genres of new posters"
-	@echo "make bench  [SCALE=1]  - benchmarks, written to benchmarks/results.json"
-	@echo "make test   - run the test suite"
+	@echo "make bench  [SCALE=1]  - speed and memory benchmarks, written to benchmarks/results.json"
+	@echo "make quality [MODES=multilabel,ova]  - train the scratch recipe on ../shared/datasets/ml1m in each mode, "
+	@echo "               scores beside their baselines in benchmarks/quality.md (about 15 min on 2 cores)"
+	@echo "make test   - run the whole test suite (under 15 min on 2 cores)"
+	@echo "make test-fast - the quick loop: every test not marked slow"
 	@echo "make install - create .venv and install genrecls with its dev extra"
 	@echo "make clean  - remove .venv, caches, generated demo data and runs"
 
@@ -56,7 +63,7 @@ demo-data: install
 demo: demo-data
 	$(BIN)/genrecls summary $(DEMO_DATA)
 	$(MAKE) --no-print-directory train-ova DATA=$(DEMO_DATA) OUT=models/demo-ova IMAGE_SIZE=48 BATCH_SIZE=16 \
-		EXTRA="--quiet --cache memory --overwrite"
+		EPOCHS=15 EXTRA="--quiet --cache memory --overwrite"
 
 # Each train target generates the demo set first when DATA is the demo set.
 train-ova train-multilabel train-multiclass: MODE = $(patsubst train-%,%,$@)
@@ -67,12 +74,16 @@ train-ova train-multilabel train-multiclass: install
 # Resumable: run it again to continue the search; add EXTRA=--overwrite to start over.
 tune: install
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -f $(DEMO_DATA)/labels.csv ]; then $(MAKE) --no-print-directory demo-data; fi
-	$(BIN)/genrecls tune $(DATA) --mode $(MODE) $(COMMON) --max-trials $(TRIALS) \
-		--out models/tune-$(MODE)-$(BACKBONE)-$(notdir $(DATA)) --quiet $(EXTRA)
+	$(BIN)/genrecls tune $(DATA) --mode $(MODE) $(COMMON) $(if $(EPOCHS),,--epochs 5) --max-trials $(TRIALS) \
+		--out models/tune-$(MODE)-$(or $(BACKBONE),$(RECIPE),default)-$(notdir $(DATA)) --quiet $(EXTRA)
 
 SCALE      ?= 1
 bench: install
 	$(BIN)/genrecls bench --scale $(SCALE)
+
+MODES      ?=
+quality: install
+	$(BIN)/genrecls quality $(if $(MODES),--modes $(MODES)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 export: install
 	$(BIN)/genrecls export $(RUN)
@@ -82,6 +93,9 @@ predict: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info $(DEMO_DATA) models/demo-ova

@@ -16,25 +16,17 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
-from keras import layers
-
 from genrecls.errors import GenreclsError
 
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-@keras.saving.register_keras_serializable(package="genrecls")
-class CaffePreprocess(layers.Layer):
-    """RGB 0..255 -> BGR minus the ImageNet mean (ResNet50's preprocessing)."""
-
-    def call(self, inputs):
-        bgr = keras.ops.flip(inputs, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=inputs.dtype)
+# The registry below is plain data, so genrecls.config can read names and sizes
+# without importing TensorFlow; Keras is imported when a backbone is built.
 
 
 def _simple_cnn(input_shape, weights=None, name="simple"):
     """A small scratch CNN (reports 000 and 003): conv-BN-ReLU-pool blocks."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input(input_shape)
     x = layers.Rescaling(1 / 255.0)(inputs)
     for filters in (16, 32, 64):
@@ -55,9 +47,9 @@ def _simple_cnn(input_shape, weights=None, name="simple"):
 class BackboneSpec:
     """How to build one family: the Keras builder and its preprocessing."""
 
-    builder: Callable
+    builder: str | Callable  # a keras.applications name, or a function of (input_shape, weights)
     default_size: int
-    preprocess: Callable[[], layers.Layer] | None  # None: the model rescales itself
+    preprocess: str | None  # a PREPROCESSING key; None: the model rescales itself
     imagenet_file: str | None  # the file Keras downloads for weights="imagenet"
     imagenet_md5: str | None = None  # set where a local copy of that file must go through Keras's cache
 
@@ -65,22 +57,44 @@ class BackboneSpec:
     def pretrained(self) -> bool:
         return self.imagenet_file is not None
 
+    def build_base(self, shape, weights):
+        import keras
+
+        if callable(self.builder):
+            return self.builder(shape, weights=weights)
+        return getattr(keras.applications, self.builder)(include_top=False, weights=weights, input_shape=shape)
+
+
+def _caffe():
+    from genrecls.components import CaffePreprocess
+
+    return CaffePreprocess()
+
+
+def _minus_one_to_one():
+    from keras import layers
+
+    return layers.Rescaling(1 / 127.5, offset=-1.0)
+
+
+PREPROCESSING = {"caffe": _caffe, "minus_one_to_one": _minus_one_to_one}
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnetb0": BackboneSpec(
-        keras.applications.EfficientNetB0, 224, None, "efficientnetb0_notop.h5",
+        "EfficientNetB0", 224, None, "efficientnetb0_notop.h5",
         imagenet_md5="50bc09e76180e00e4465e1a485ddc09d",  # Keras's own checksum of that file
     ),
     "efficientnetv2b0": BackboneSpec(
-        keras.applications.EfficientNetV2B0, 224, None, "efficientnetv2-b0_notop.h5",
+        "EfficientNetV2B0", 224, None, "efficientnetv2-b0_notop.h5",
         imagenet_md5="893217f2bb855e2983157299931e43ff",
     ),
     "resnet50": BackboneSpec(
-        keras.applications.ResNet50, 224, CaffePreprocess,
+        "ResNet50", 224, "caffe",
         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     "inceptionv3": BackboneSpec(
-        keras.applications.InceptionV3, 299, lambda: layers.Rescaling(1 / 127.5, offset=-1.0),
+        "InceptionV3", 299, "minus_one_to_one",
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     "simple": BackboneSpec(_simple_cnn, 64, None, None),
@@ -139,7 +153,7 @@ def _missing_weights_error(name: str, spec: BackboneSpec, exc: Exception) -> Gen
     )
 
 
-def build_backbone(name: str, image_size: int | None = None, weights: str | None = "imagenet") -> keras.Model:
+def build_backbone(name: str, image_size: int | None = None, weights: str | None = "imagenet"):
     """Image (size, size, 3) in 0..255 -> pooled features, preprocessing included.
 
     weights: 'imagenet' (Keras downloads and caches them), None/'none' for
@@ -160,11 +174,11 @@ def build_backbone(name: str, image_size: int | None = None, weights: str | None
             keras_weights = "imagenet"
         else:  # the user's own weights for this network (e.g. saved after fine-tuning)
             keras_weights, load_after = None, weights
+    import keras
+    from keras import layers
+
     try:
-        if spec.pretrained:
-            base = spec.builder(include_top=False, weights=keras_weights, input_shape=shape)
-        else:
-            base = spec.builder(shape, weights=keras_weights)
+        base = spec.build_base(shape, keras_weights)
         if load_after:
             base.load_weights(load_after)
     except Exception as exc:  # Keras raises a bare Exception when a download fails
@@ -175,19 +189,21 @@ def build_backbone(name: str, image_size: int | None = None, weights: str | None
         ) from None
 
     inputs = keras.Input(shape, name="image")
-    x = spec.preprocess()(inputs) if spec.preprocess else inputs
+    x = PREPROCESSING[spec.preprocess]()(inputs) if spec.preprocess else inputs
     x = base(x)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, features, name=f"{name}_backbone")
 
 
-def base_network(backbone: keras.Model) -> keras.Model:
+def base_network(backbone):
     """The keras.applications (or scratch) network inside a backbone."""
+    import keras
+
     nested = [layer for layer in backbone.layers if isinstance(layer, keras.Model)]
     return nested[0] if nested else backbone
 
 
-def set_trainable(backbone: keras.Model, fine_tune_last: int | None = None, freeze_until: int | None = None) -> str:
+def set_trainable(backbone, fine_tune_last: int | None = None, freeze_until: int | None = None) -> str:
     """Freeze the backbone, or unfreeze its last N layers / the layers from an index.
 
     fine_tune_last=N: the last N layers of the base network train (report
@@ -199,6 +215,8 @@ def set_trainable(backbone: keras.Model, fine_tune_last: int | None = None, free
     """
     if fine_tune_last is not None and freeze_until is not None:
         raise GenreclsError("give either --fine-tune-last or --freeze-until, not both")
+    from keras import layers
+
     base = base_network(backbone)
     all_layers = base.layers
     if fine_tune_last == -1:

@@ -7,7 +7,7 @@ and against bare JPEG decoding, training fed by the pipeline against training
 fed a constant batch, OvA on cached features against OvA through the
 backbone, 10x the posters against 1x, and 10x the rows against 1x.
 
-    python -m genrecls.bench --scale 0.1 --out /tmp/bench
+    genrecls bench --scale 0.1 --out /tmp/bench [--data DATA] [--sections a,b]
 
 writes out/results.json and out/results.md. `scale` shortens or lengthens
 every section (poster counts, steps, epochs, row counts); scale 1 takes
@@ -30,7 +30,6 @@ results.json:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import gc
@@ -55,8 +54,7 @@ from genrecls.errors import GenreclsError
 if TYPE_CHECKING:
     from genrecls.datasets import PosterTable
 
-REPO = Path(__file__).resolve().parents[1]
-ML1M = REPO.parent / "shared" / "datasets" / "ml1m"
+ML1M = Path("../shared/datasets/ml1m")  # relative to where the command runs: the repository root
 FULL_SET = 3256  # posters in ml1m: what scale 1 means
 SECTION_NAMES = ("input_pipeline", "training_throughput", "ova_cost", "memory", "scaling")
 
@@ -207,11 +205,11 @@ def bench_training_throughput(ctx: Context) -> dict:
     import keras
     import tensorflow as tf
 
-    from genrecls.backbones import build_backbone, set_trainable
-    from genrecls.heads import build_head
+    from genrecls.config import TrainConfig
     from genrecls.labels import GenreVocabulary
+    from genrecls.models import build_model, compile_model
+    from genrecls.modes import MODES
     from genrecls.pipeline import make_dataset
-    from genrecls.training import attach, compile_for
 
     steps = max(2, round(3 * ctx.scale))
     genre_lists = list(ctx.table.frame["genres"])
@@ -228,10 +226,11 @@ def bench_training_throughput(ctx: Context) -> dict:
         constant = tf.data.Dataset.from_tensors((x, y)).repeat()
 
         keras.utils.set_random_seed(ctx.seed)
-        backbone = build_backbone(name, size, None)
-        mode = set_trainable(backbone, -1)
-        model = attach(backbone, build_head(backbone.output_shape[-1], Y.shape[1], "sigmoid", (256,)), mode)
-        compile_for(model, "multilabel", 1e-3)
+        cfg = TrainConfig(data=str(ctx.table.root), mode="multilabel", backbone=name, weights=None, image_size=size,
+                          fine_tune_last=-1, head=(256,))
+        built = build_model(cfg, Y.shape[1], "sigmoid")
+        model, mode = built.full, built.trainable
+        compile_model(model, MODES["multilabel"], cfg)
         trace, _ = _timed(model.fit, constant, epochs=1, steps_per_epoch=1, shuffle=False, verbose=0)
         t_pipe = _mean_step_seconds(model, ds.repeat(), 1, steps)
         t_const = _mean_step_seconds(model, constant, 1, steps)
@@ -248,7 +247,7 @@ def bench_training_throughput(ctx: Context) -> dict:
         checks.append(_check(f"{label} input wait share (1 - t_const/t_pipeline)",
                              f"{t_pipe:.3f} s/step ({batch / t_pipe:.1f} posters/s, cached pipeline)",
                              f"{t_const:.3f} s/step (constant batch)", wait, "< 0.10", wait < 0.10))
-        del model, backbone
+        del model, built
         keras.backend.clear_session()
     return {"measurements": {"backbones": runs}, "checks": checks}
 
@@ -258,7 +257,8 @@ def bench_training_throughput(ctx: Context) -> dict:
 
 def _ova_top_k(cfg_kwargs: dict, table, want: int) -> int:
     """The most genres (<= want) this table can split with every genre in every split."""
-    from genrecls.training import TrainConfig, prepare_data
+    from genrecls.config import TrainConfig
+    from genrecls.preparation import prepare_data
 
     for k in range(want, 0, -1):
         try:
@@ -270,8 +270,9 @@ def _ova_top_k(cfg_kwargs: dict, table, want: int) -> int:
 
 
 def bench_ova_cost(ctx: Context) -> dict:
+    from genrecls.config import TrainConfig
     from genrecls.datasets import PosterTable
-    from genrecls.training import TrainConfig, train
+    from genrecls.training import train
 
     n = min(len(ctx.table), max(300, int(OVA_POSTERS * ctx.scale)))
     frame = ctx.table.frame.iloc[np.sort(ctx.rows(n))].reset_index(drop=True)
@@ -337,10 +338,11 @@ _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).retur
 
 def _stream_in_child(path_file: Path, repeat: int) -> dict:
     """Stream the posters in a fresh interpreter, so its peak RSS is its own."""
+    package_root = str(Path(__file__).resolve().parents[1])  # where genrecls is importable from, installed or not
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", _MEMORY_CHILD, str(path_file), str(repeat)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=str(REPO))
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=package_root)
     if done.returncode != 0:
         raise RuntimeError(f"memory child failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -465,8 +467,8 @@ def _write(results: dict, out: Path) -> None:
 def run_benchmarks(data=None, out="benchmarks", scale: float = 1.0, sections=None, seed: int = 0) -> dict:
     """Run the chosen sections, write out/results.json and out/results.md, return the results.
 
-    data: a dataset folder; by default ../shared/datasets/ml1m beside the
-    repository, else a generated demo set. The files are rewritten after
+    data: a dataset folder; by default ../shared/datasets/ml1m (relative to
+    the working directory), else a generated demo set. The files are rewritten after
     each section, so a run cut short still leaves what it measured.
     """
     from genrecls.datasets import load_dataset
@@ -527,24 +529,3 @@ def format_markdown(results: dict) -> str:
         if section.get("note"):
             notes.append(f"- {name}: {section['note']}")
     return "\n".join(lines + ([""] + notes if notes else []) + [""])
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genrecls.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help=f"dataset folder (default: {ML1M} if present, else a demo set)")
-    parser.add_argument("--out", default="benchmarks", help="folder for results.json and results.md")
-    parser.add_argument("--scale", type=float, default=1.0, help="shorten (<1) or lengthen (>1) every section")
-    parser.add_argument("--sections", nargs="+", help=f"subset of: {', '.join(SECTION_NAMES)}")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        results = run_benchmarks(args.data, args.out, args.scale, args.sections, args.seed)
-    except GenreclsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\n" + format_markdown(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

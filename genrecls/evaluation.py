@@ -1,4 +1,4 @@
-"""Metrics, thresholds and baselines, computed with scikit-learn.
+"""Metrics and baselines, computed with scikit-learn.
 
 Multi-label accuracy flatters a model that predicts nothing, so the
 package reports per-genre precision, recall, F1, ROC-AUC and average
@@ -6,9 +6,10 @@ precision; micro/macro/weighted/samples F1, Hamming loss, subset accuracy,
 mAP and MAP@k; and beside them two baselines: guessing each genre at random
 with its training prevalence, and always predicting the most common genres.
 
-Truth is always the movies' real (multi-hot) genres. A multiclass model
-predicts its argmax genre; multilabel and OvA models predict every genre
-whose probability reaches its threshold.
+Truth is always the movies' real (multi-hot) genres; decisions come from
+the run's decision policy (`policies`): argmax for multiclass, a rule chosen
+on validation otherwise. Every overall score is set beside the trivial
+baseline it must beat, and flagged when it does not.
 """
 
 from __future__ import annotations
@@ -22,47 +23,12 @@ from sklearn.metrics import (
     f1_score,
     hamming_loss,
     multilabel_confusion_matrix,
-    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
 )
 
-DEFAULT_THRESHOLD = 0.5
-
-
-# ----------------------------------------------------------------- thresholds
-
-
-def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-genre threshold maximising F1 on the validation split.
-
-    Every threshold between the best cut and the next lower score makes the
-    same validation decisions; the midpoint is taken, so the threshold does
-    not sit right on the lowest positive score and keeps a margin for new
-    posters. Takes only validation arrays, so the test split cannot leak in.
-    A genre without positives in validation keeps `default`.
-    """
-    y_val = np.asarray(y_val).astype(int)
-    thresholds = np.full(y_val.shape[1], default, dtype=float)
-    for j in range(y_val.shape[1]):
-        if y_val[:, j].sum() == 0:
-            continue
-        precision, recall, cuts = precision_recall_curve(y_val[:, j], p_val[:, j])
-        f1 = np.divide(2 * precision * recall, precision + recall,
-                       out=np.zeros_like(precision), where=(precision + recall) > 0)
-        best = int(np.argmax(f1[:-1]))  # the last point has no threshold
-        below = cuts[best - 1] if best > 0 else cuts[best]
-        thresholds[j] = float((cuts[best] + below) / 2)
-    return thresholds
-
-
-def decide(probabilities: np.ndarray, mode: str, thresholds) -> np.ndarray:
-    """Binary predictions (N, K): argmax for multiclass, thresholds otherwise."""
-    probabilities = np.asarray(probabilities)
-    if mode == "multiclass":
-        return np.eye(probabilities.shape[1], dtype=int)[probabilities.argmax(axis=1)]
-    return (probabilities >= np.asarray(thresholds)).astype(int)
-
+from genrecls.calibration import expected_calibration_error
+from genrecls.policies import Policy
 
 # ------------------------------------------------------------------ baselines
 
@@ -78,6 +44,11 @@ def random_guess_f1(train_prevalence: np.ndarray, test_prevalence: np.ndarray) -
     q = np.asarray(test_prevalence, dtype=float)
     total = p + q
     return np.divide(2 * p * q, total, out=np.zeros_like(total), where=total > 0)
+
+
+def prevalence_ranking(train_truth: np.ndarray, n: int) -> np.ndarray:
+    """Every poster scored by the genres' training prevalence: the constant ranking."""
+    return np.broadcast_to(np.asarray(train_truth, float).mean(axis=0), (n, np.shape(train_truth)[1]))
 
 
 def most_common_prediction(train_truth: np.ndarray, n: int) -> np.ndarray:
@@ -132,8 +103,7 @@ def evaluate_predictions(
     y_true: np.ndarray,
     probabilities: np.ndarray,
     names: Sequence[str],
-    mode: str,
-    thresholds,
+    policy: Policy,
     train_truth: np.ndarray,
     true_class: np.ndarray | None = None,
     k: int = 3,
@@ -141,7 +111,7 @@ def evaluate_predictions(
     """Every metric and baseline of one split, as a JSON-ready dict.
 
     y_true: multi-hot real genres (N, K). probabilities: model output (N, K).
-    thresholds: a float or one per genre (ignored for multiclass).
+    policy: the decision rule turning probabilities into genres.
     train_truth: multi-hot training labels, for the baselines' prevalences.
     true_class: one collapsed label per poster, for the multiclass view.
     A genre with no positives gets zeros and nulls, never a crash or NaN.
@@ -149,8 +119,7 @@ def evaluate_predictions(
     y_true = np.asarray(y_true).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
     names = list(names)
-    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(names),))
-    y_pred = decide(probabilities, mode, thresholds)
+    y_pred = policy.decide(probabilities)
 
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     auc = _per_column(roc_auc_score, y_true, probabilities)
@@ -159,6 +128,9 @@ def evaluate_predictions(
     random_f1 = random_guess_f1(np.asarray(train_truth).mean(axis=0), y_true.mean(axis=0))
     common = most_common_prediction(train_truth, len(y_true))
     _, _, common_f1, _ = precision_recall_fscore_support(y_true, common, average=None, zero_division=0)
+    constant = prevalence_ranking(train_truth, len(y_true))
+    constant_ap = _per_column(average_precision_score, y_true, constant)
+    ece = expected_calibration_error(y_true, probabilities)
 
     genres = {}
     for j, name in enumerate(names):
@@ -169,29 +141,66 @@ def evaluate_predictions(
             "support": int(support[j]),
             "roc_auc": auc[j],
             "average_precision": ap[j],
-            "threshold": None if mode == "multiclass" else float(thresholds[j]),
+            "threshold": None if policy.kind == "argmax" else float(policy.thresholds[j]),
+            "ece": float(ece[j]),
             "random_f1": float(random_f1[j]),
             "most_common_f1": float(common_f1[j]),
             "beats_random": bool(f1[j] > random_f1[j]),
             "confusion": confusion[j].tolist(),  # [[tn, fp], [fn, tp]]
         }
-    defined_ap = [a for a in ap if a is not None]
     overall = {
         **_f1s(y_true, y_pred),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
-        "map": float(np.mean(defined_ap)) if defined_ap else None,
+        "map": _mean(ap),
         f"map_at_{k}": map_at_k(y_true, probabilities, k),
+        "roc_auc_mean": _mean(auc),
+        "ece_mean": float(ece.mean()),
         "posters": int(len(y_true)),
     }
     baselines = {
         "random": {"f1_macro": float(random_f1.mean())},
         "most_common": {**_f1s(y_true, common), "genres": [n for n, c in zip(names, common[0]) if c]},
+        "prevalence_ranking": {"map": _mean(constant_ap), f"map_at_{k}": map_at_k(y_true, constant, k),
+                               "roc_auc_mean": 0.5},
     }
-    report = {"genres": genres, "overall": overall, "baselines": baselines}
+    report = {"policy": {"kind": policy.kind, "name": policy.name, "top_k": policy.top_k,
+                         "at_least_one": policy.at_least_one, "reason": policy.reason,
+                         "validation": policy.validation},
+              "genres": genres, "overall": overall, "baselines": baselines,
+              "versus_baselines": versus_baselines(overall, baselines, k)}
     if true_class is not None:
         report["multiclass_view"] = multiclass_view(true_class, probabilities, names)
     return report
+
+
+def _mean(values) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+# overall score -> the baseline it must beat (a key of report["baselines"]) and how to name it
+BASELINE_OF = {
+    "f1_micro": ("most_common", "always the most common genres"),
+    "f1_weighted": ("most_common", "always the most common genres"),
+    "f1_samples": ("most_common", "always the most common genres"),
+    "f1_macro": ("random", "random guess at training prevalence"),
+    "map": ("prevalence_ranking", "constant prevalence ranking"),
+    "map_at_k": ("prevalence_ranking", "constant prevalence ranking"),
+    "roc_auc_mean": ("prevalence_ranking", "constant score"),
+}
+
+
+def versus_baselines(overall: dict, baselines: dict, k: int = 3) -> dict:
+    """Each headline score beside its trivial baseline, with whether it beats it."""
+    out = {}
+    for metric, (source, label) in BASELINE_OF.items():
+        key = f"map_at_{k}" if metric == "map_at_k" else metric
+        model, base = overall.get(key), baselines[source].get(key)
+        if model is None or base is None:
+            continue
+        out[key] = {"model": model, "baseline": base, "baseline_name": label, "beats": bool(model > base)}
+    return out
 
 
 def multiclass_view(true_class: np.ndarray, probabilities: np.ndarray, names: Sequence[str]) -> dict:
@@ -211,6 +220,23 @@ def multiclass_view(true_class: np.ndarray, probabilities: np.ndarray, names: Se
     }
 
 
+METRIC_NAMES = {"f1_micro": "micro F1", "f1_macro": "macro F1", "f1_weighted": "weighted F1",
+                "f1_samples": "samples F1", "map": "mAP", "roc_auc_mean": "mean ROC-AUC"}
+
+
+def metric_name(key: str) -> str:
+    return METRIC_NAMES.get(key) or (f"MAP@{key.rsplit('_', 1)[-1]}" if key.startswith("map_at_") else key)
+
+
+def format_versus(report: dict) -> str:
+    """One line per headline score: model, baseline, and a flag where it does not beat it."""
+    lines = [f"{'score':<14}{'model':>8}{'baseline':>10}  baseline is"]
+    for key, v in report["versus_baselines"].items():
+        flag = "" if v["beats"] else "   <- does NOT beat its baseline"
+        lines.append(f"{metric_name(key):<14}{v['model']:>8.3f}{v['baseline']:>10.3f}  {v['baseline_name']}{flag}")
+    return "\n".join(lines)
+
+
 def format_table(report: dict) -> str:
     """The per-genre table printed at the end of training and evaluation."""
     lines = [f"{'genre':<18}{'prec':>7}{'recall':>8}{'F1':>7}{'random':>8}{'common':>8}{'support':>9}"]
@@ -220,9 +246,6 @@ def format_table(report: dict) -> str:
             f"{name:<18}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
             f"{m['random_f1']:>8.3f}{m['most_common_f1']:>8.3f}{m['support']:>9}{flag}"
         )
-    o = report["overall"]
-    lines.append(
-        f"micro F1 {o['f1_micro']:.3f}   macro F1 {o['f1_macro']:.3f}   weighted F1 {o['f1_weighted']:.3f}"
-        f"   (random macro F1 {report['baselines']['random']['f1_macro']:.3f}, {o['posters']} posters)"
-    )
+    lines += ["", f"{report['overall']['posters']} posters; decisions: {report.get('policy', {}).get('name', '?')}",
+              format_versus(report)]
     return "\n".join(lines)

@@ -1,12 +1,12 @@
 """SavedModel export that serves raw image bytes, and prediction on new posters.
 
 The export holds decoding, resizing, the backbone's preprocessing, the
-model and the thresholds in one TensorFlow graph, so TF Serving or plain
+model and the decision policy in one TensorFlow graph, so TF Serving or plain
 `tf.saved_model.load` needs nothing from this package:
 
     serving_default(images: string[N])        encoded JPEG/PNG bytes
     serve_pixels(pixels: float32[N, S, S, 3]) decoded RGB in 0..255
-    metadata()                                genres and thresholds
+    metadata()                                genres, thresholds and the policy (JSON)
 
 Both image signatures return `probabilities` float32[N, K],
 `above_threshold` bool[N, K] and `genres_above` string[N, K] (the genre's
@@ -25,63 +25,58 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from genrecls.config import DEFAULT_THRESHOLD
 from genrecls.datasets import POSTER_EXTENSIONS, image_problem
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import DEFAULT_THRESHOLD, decide
-from genrecls.labels import GenreVocabulary
+from genrecls.modes import get_mode
 from genrecls.pipeline import decode_image
-from genrecls.training import TrainConfig, load_run_model
+from genrecls.policies import Policy
+from genrecls.runs import RunFolder
 
 log = logging.getLogger(__name__)
 METADATA = "metadata.json"
 
 
-def run_metadata(run: str | os.PathLike) -> dict:
-    """Genres, thresholds and input settings of a run folder."""
-    run = Path(run)
-    if not (run / "config.json").exists() or not (run / "genres.json").exists():
-        raise GenreclsError(f"{run} is not a run folder (no config.json or genres.json)")
-    cfg = TrainConfig.load(run / "config.json")
-    genres = GenreVocabulary.load(run / "genres.json").names
-    thresholds_file = run / "thresholds.json"
-    if thresholds_file.exists():
-        saved = json.loads(thresholds_file.read_text())
-        thresholds = [float(saved["thresholds"][g]) for g in genres]
-        source = saved["source"]
-    else:
-        thresholds, source = [DEFAULT_THRESHOLD] * len(genres), f"global {DEFAULT_THRESHOLD} (run not evaluated)"
-    return {
-        "genres": genres, "thresholds": thresholds, "thresholds_source": source, "mode": cfg.mode,
-        "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,
+def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
+    """The run's decision policy (the mode's default when never evaluated) and its metadata."""
+    cfg = folder.load_config()
+    genres = folder.load_vocab().names
+    mode = get_mode(cfg.mode)
+    policy = folder.load_policy(genres) if mode.tuned_policy else None
+    if policy is None:
+        policy = mode.default_policy(len(genres), DEFAULT_THRESHOLD)
+        if mode.tuned_policy:
+            policy = Policy(policy.kind, policy.thresholds, reason=f"global {DEFAULT_THRESHOLD} (run not evaluated)")
+    meta = {
+        "genres": genres, "thresholds": list(policy.thresholds), "policy": policy.to_json(genres),
+        "mode": cfg.mode, "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,
     }
+    return policy, meta
 
 
-def _decisions(probabilities, genres, thresholds, mode: str) -> dict:
+def _decisions(probabilities, genres, policy: Policy) -> dict:
     """Graph ops: which genres each poster gets, as dense tensors a signature can return."""
-    if mode == "multiclass":
-        above = tf.one_hot(tf.argmax(probabilities, axis=1), len(genres)) > 0.5
-    else:
-        above = probabilities >= thresholds
+    above = policy.decide_tf(probabilities)
     names = tf.where(above, tf.broadcast_to(genres, tf.shape(above)), tf.constant(""))
     return {"probabilities": probabilities, "above_threshold": above, "genres_above": names}
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, format: str = "saved_model") -> Path:
     """Write the run's model as a SavedModel serving bytes (or a .tflite of the pixel model)."""
-    run = Path(run)
-    meta = run_metadata(run)
-    model = load_run_model(run)
+    folder = RunFolder.open(run)
+    policy, meta = run_policy(folder)
+    model = folder.load_model()
     if format == "tflite":
-        return _export_tflite(model, meta, Path(out) if out else run / "model.tflite")
+        return _export_tflite(model, meta, Path(out) if out else folder / "model.tflite")
     if format != "saved_model":
         raise GenreclsError(f"export format must be saved_model or tflite, not {format!r}")
-    out = Path(out) if out else run / "export"
+    out = Path(out) if out else folder / "export"
     size, resize = meta["image_size"], meta["resize"]
     genres = tf.constant(meta["genres"])
     thresholds = tf.constant(meta["thresholds"], tf.float32)
 
     def serve_pixels(pixels):
-        return _decisions(model(pixels, training=False), genres, thresholds, meta["mode"])
+        return _decisions(model(pixels, training=False), genres, policy)
 
     def serve_bytes(images):
         pixels = tf.map_fn(lambda data: decode_image(data, size, resize), images,
@@ -95,7 +90,9 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, for
     archive.add_endpoint("serving_default", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
     archive.add_endpoint("serve_pixels", serve_pixels,
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    archive.add_endpoint("metadata", lambda: {"genres": genres, "thresholds": thresholds}, input_signature=[])
+    policy_json = tf.constant(json.dumps(meta["policy"], ensure_ascii=False))
+    archive.add_endpoint("metadata", lambda: {"genres": genres, "thresholds": thresholds, "policy": policy_json},
+                         input_signature=[])
     archive.write_out(str(out), verbose=False)
     (out / METADATA).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return out
@@ -134,17 +131,18 @@ class Predictor:
 
             genres = [g.decode() for g in serve["metadata"]()["genres"].numpy()]
             return cls(from_export, genres)
-        if (source / "config.json").exists():
-            meta = run_metadata(source)
-            model = load_run_model(source)
+        if RunFolder(source).is_genrecls:
+            folder = RunFolder.open(source)
+            policy, meta = run_policy(folder)
+            model = folder.load_model()
 
             def from_run(images):
                 pixels = tf.stack([decode_image(tf.constant(b), meta["image_size"], meta["resize"]) for b in images])
                 probabilities = model(pixels, training=False).numpy()
-                return probabilities, decide(probabilities, meta["mode"], meta["thresholds"]).astype(bool)
+                return probabilities, policy.decide(probabilities).astype(bool)
 
             return cls(from_run, meta["genres"])
-        raise GenreclsError(f"{source} is neither a run folder (config.json) nor an export (saved_model.pb)")
+        raise GenreclsError(f"{source} is neither a genrecls run folder nor an export (saved_model.pb)")
 
 
 def expand_inputs(paths: list) -> list[Path]:
@@ -166,6 +164,8 @@ def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32) -> 
     An unreadable file is reported in its own result; the others are still
     predicted (a batch that fails to decode is retried one file at a time).
     """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise GenreclsError(f"top-k must be a positive integer, not {top_k!r}")
     predictor = Predictor.load(source)
     genres = predictor.genres
     results = []

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
-from keras import layers
-
 from genrecls.errors import GenreclsError
 
 # Named widths that mirror the reports; any comma list works too.
@@ -24,7 +21,10 @@ HEAD_PRESETS = {
 def parse_units(spec: str | Sequence[int]) -> tuple[int, ...]:
     """'256,128' or a preset name -> (256, 128); '' -> no hidden layer."""
     if not isinstance(spec, str):
-        units = tuple(int(u) for u in spec)
+        if not isinstance(spec, (list, tuple)) or not all(isinstance(u, int) and not isinstance(u, bool)
+                                                          for u in spec):
+            raise GenreclsError(f"head must be widths like 256,128 or a preset, not {spec!r}")
+        units = tuple(spec)
     elif spec in HEAD_PRESETS:
         units = HEAD_PRESETS[spec]
     else:
@@ -46,8 +46,11 @@ def build_head(
     units: Sequence[int] = HEAD_PRESETS["report002"],
     dropout: float = 0.0,
     name: str = "head",
-) -> keras.Model:
-    """Features (feature_dim,) -> `outputs` probabilities."""
+):
+    """Features (feature_dim,) -> `outputs` probabilities (a keras.Model)."""
+    import keras
+    from keras import layers
+
     if not 0 <= dropout < 1:
         raise GenreclsError(f"dropout must be in [0, 1), not {dropout}")
     inputs = keras.Input((feature_dim,), name="features")

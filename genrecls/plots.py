@@ -113,3 +113,25 @@ def plot_confusion_matrices(report: dict, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_reliability(y_true, probabilities, names, path: str | os.PathLike, bins: int = 10) -> None:
+    """Reliability diagram per genre: observed frequency against predicted probability, with ECE."""
+    from genrecls.calibration import expected_calibration_error, reliability
+
+    table = reliability(y_true, probabilities, bins)
+    ece = expected_calibration_error(y_true, probabilities, bins)
+    fig, axes = _grid(len(names), size=2.4)
+    for j, (ax, name) in enumerate(zip(axes, names)):
+        ax.plot([0, 1], [0, 1], ls=":", color="#888888")
+        seen = table["count"][j] > 0
+        ax.plot(table["predicted"][j][seen], table["observed"][j][seen], marker="o", ms=3, color="#4C72B0")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}  ECE {ece[j]:.3f}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.supxlabel("predicted probability", fontsize=8)
+    fig.supylabel("observed frequency", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

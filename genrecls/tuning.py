@@ -24,19 +24,14 @@ import keras_tuner as kt
 import pandas as pd
 
 from genrecls.backbones import build_backbone, set_trainable
+from genrecls.config import TrainConfig
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
-from genrecls.training import (
-    BALANCING,
-    Inputs,
-    TrainConfig,
-    attach,
-    compile_for,
-    imbalance_weights,
-    member_sets,
-    member_slug,
-    prepare_data,
-)
+from genrecls.models import build_model, compile_model, new_backbone
+from genrecls.modes import MEMBER, Mode, get_mode
+from genrecls.preparation import Inputs, prepare_data
+from genrecls.runs import RunFolder, member_slug
+from genrecls.training import balanced_rows, imbalance_weights, member_sets
 
 OBJECTIVES = {
     "val_loss": kt.Objective("val_loss", direction="min"),
@@ -123,23 +118,20 @@ def head_settings(hp: kt.HyperParameters, space: dict) -> dict:
 class GenreHyperModel(kt.HyperModel):
     """Builds one trial's model: a head on cached features, or backbone + head."""
 
-    def __init__(self, cfg: TrainConfig, space: dict, kind: str, outputs: int, feature_dim: int | None,
+    def __init__(self, cfg: TrainConfig, space: dict, mode: Mode, outputs: int, feature_dim: int | None,
                  pos_weight=None):
         super().__init__()
-        self.cfg, self.space, self.kind, self.outputs = cfg, space, kind, outputs
+        self.cfg, self.space, self.mode, self.outputs = cfg, space, mode, outputs
         self.feature_dim, self.pos_weight = feature_dim, pos_weight
 
     def build(self, hp):
         s = head_settings(hp, self.space)
-        activation = "softmax" if self.kind == "multiclass" else "sigmoid"
         if self.feature_dim is not None:
-            model = build_head(self.feature_dim, self.outputs, activation, s["head"], s["dropout"])
+            model = build_head(self.feature_dim, self.outputs, self.mode.activation, s["head"], s["dropout"])
         else:
-            backbone = build_backbone(self.cfg.backbone, self.cfg.image_size, self.cfg.weights)
-            trainable = set_trainable(backbone, fine_tune_last=s["fine_tune_last"])
-            head = build_head(backbone.output_shape[-1], self.outputs, activation, s["head"], s["dropout"])
-            model = attach(backbone, head, trainable)
-        compile_for(model, self.kind, s["learning_rate"], self.pos_weight)
+            model = build_model(self.cfg, self.outputs, self.mode.activation, head=s["head"], dropout=s["dropout"],
+                                backbone=new_backbone(self.cfg, s["fine_tune_last"])).full
+        compile_model(model, self.mode, self.cfg, s["learning_rate"], self.pos_weight)
         return model
 
 
@@ -212,35 +204,38 @@ def tune(
         raise GenreclsError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
     if ova_scope not in OVA_SCOPES:
         raise GenreclsError(f"OvA scope must be one of {', '.join(OVA_SCOPES)}, not {ova_scope!r}")
-    if cfg.mode == "ova" and ova_scope == "shared" and algorithm == "hyperband":
+    members = get_mode(cfg.mode).members
+    if members and ova_scope == "shared" and algorithm == "hyperband":
         raise GenreclsError("the shared OvA search supports --algorithm random only")
-    if cfg.mode == "ova" and ova_scope == "per-genre" and "KERASTUNER_ORACLE_IP" in os.environ:
+    if members and ova_scope == "per-genre" and "KERASTUNER_ORACLE_IP" in os.environ:
         raise GenreclsError("a distributed OvA search needs --ova-scope shared (one search for all genres)")
     if max_trials < 1 or executions_per_trial < 1:
         raise GenreclsError("--max-trials and --executions-per-trial must be at least 1")
     if cfg.freeze_until is not None:
         raise GenreclsError("tune searches the trainable layers as fine_tune_last; drop --freeze-until")
     space = space or default_space(cfg)
-    out = Path(out)
-    _claim_search_folder(out, cfg, space, overwrite)
+    mode = get_mode(cfg.mode)
+    if is_worker():  # the chief claims the folder; workers only add trials to it
+        folder = RunFolder.await_claim(out)
+    else:
+        folder = RunFolder.claim(out, {**cfg.to_json(), "search_space": space}, overwrite, kind="search")
     keras.utils.set_random_seed(cfg.seed)
 
     data = prepare_data(cfg)
     T = data.targets(cfg.mode)
     choices = space["fine_tune_last"]
     frozen = (choices if isinstance(choices, list) else [choices]) == [0]
-    use_features = frozen and not cfg.augment and cfg.freeze_until is None
+    use_features = frozen and not cfg.augment and cfg.freeze_until is None and cfg.cache_features
     backbone = None
     if use_features:
         backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
         set_trainable(backbone)
     inputs = Inputs(cfg, data.paths, backbone)
-    train_idx, val_idx = inputs.usable(data.split.train), inputs.usable(data.split.val)
-    if cfg.balance:
-        train_idx = train_idx[BALANCING[cfg.balance](data.strata[train_idx], seed=cfg.seed)]
+    train_idx = balanced_rows(cfg, data.strata, inputs.usable(data.split.train))
+    val_idx = inputs.usable(data.split.val)
     feature_dim = inputs.features.shape[1] if use_features else None
     stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
-    directory = out / "tuner"
+    directory = folder / "tuner"
     target = OBJECTIVES[objective]
 
     def search(tuner, *args, **kwargs):
@@ -248,9 +243,9 @@ def tune(
         return tuner
 
     tuners = {}
-    if cfg.mode != "ova":
-        pos_weight, weights = imbalance_weights(cfg, T[train_idx], data.strata[train_idx])
-        model = GenreHyperModel(cfg, space, cfg.mode, T.shape[1], feature_dim, pos_weight)
+    if not mode.members:
+        pos_weight, weights = imbalance_weights(cfg, mode, T[train_idx], data.strata[train_idx])
+        model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                        cfg.epochs, directory, "search", overwrite, cfg.seed)
         tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
@@ -262,7 +257,7 @@ def tune(
             tr, y_tr, va, y_va, weights = member_sets(cfg, T, train_idx, val_idx, j)
             members.append((genre, inputs.dataset(tr, y_tr[:, None], True),
                             inputs.dataset(va, y_va[:, None], False), weights))
-        model = GenreHyperModel(cfg, space, "member", 1, feature_dim)
+        model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim)
         if ova_scope == "shared":
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                            cfg.epochs, directory, "shared", overwrite, cfg.seed)
@@ -278,26 +273,9 @@ def tune(
         print("worker finished: the chief writes the results", flush=True)
         return pd.DataFrame()
     table = trial_table(tuners, objective)
-    table.to_csv(out / "trials.csv", index=False)
-    best = best_config(cfg, tuners, space)
-    (out / "config.json").write_text(json.dumps(best.to_json(), indent=2, ensure_ascii=False))
+    table.to_csv(folder / "trials.csv", index=False)
+    folder.save_config(best_config(cfg, tuners, space))
     return table
-
-
-def _claim_search_folder(out: Path, cfg: TrainConfig, space: dict, overwrite: bool) -> None:
-    """Refuse to continue a search that was started with other settings (its trials would not compare)."""
-    record = out / "search.json"
-    now = {"config": {k: v for k, v in cfg.to_json().items() if k != "verbose"}, "space": space}
-    if record.exists() and not overwrite:
-        before = json.loads(record.read_text())
-        changed = cfg.changed_from(before["config"])
-        if before["space"] != json.loads(json.dumps(space)):
-            changed.append("search space")
-        if changed:
-            raise GenreclsError(f"{out} holds a search with other settings ({', '.join(changed)}); "
-                                "pass --overwrite or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(now, indent=2, ensure_ascii=False))
 
 
 def trial_table(tuners: dict, objective: str) -> pd.DataFrame:

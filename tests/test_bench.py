@@ -14,6 +14,7 @@ CHECK_KEYS = {"name", "measured", "baseline", "ratio", "target", "met"}
 MACHINE_KEYS = {"cpu_count", "platform", "python", "tensorflow", "keras", "numpy", "pillow"}
 
 
+@pytest.mark.slow
 def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     data = make_demo_dataset(tmp_path / "demo", per_genre=10, seed=0)
     # EfficientNet's first training step traces for about a minute on two

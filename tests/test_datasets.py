@@ -20,7 +20,7 @@ from genrecls.datasets import (
     summarize,
 )
 from genrecls.errors import GenreclsError
-from tests.conftest import write_image
+from tests.helpers import write_image
 
 
 def test_real_movielens_counts(ml1m):

@@ -9,16 +9,11 @@ import pytest
 
 from genrecls import report as report_module
 from genrecls.cli import main
-from genrecls.evaluation import (
-    choose_thresholds,
-    decide,
-    evaluate_predictions,
-    map_at_k,
-    most_common_prediction,
-    random_guess_f1,
-)
+from genrecls.evaluation import evaluate_predictions, map_at_k, most_common_prediction, random_guess_f1
+from genrecls.policies import argmax, fixed, per_genre_thresholds
 from genrecls.report import compare_runs, evaluate_run
-from genrecls.training import TrainConfig, train
+from genrecls.training import train
+from tests.helpers import tiny_config
 
 # 4 posters, 3 genres; genre C has no positives in this split.
 Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
@@ -27,7 +22,7 @@ TRAIN = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 1]])  # prevalences 3/
 
 
 def test_per_genre_and_overall_metrics_by_hand():
-    r = evaluate_predictions(Y, P, ["A", "B", "C"], "multilabel", 0.5, TRAIN)
+    r = evaluate_predictions(Y, P, ["A", "B", "C"], fixed(3, 0.5), TRAIN)
     a, b, c = (r["genres"][g] for g in "ABC")
     # A: predicted on posters 0,1,3; true on 0,1 -> P 2/3, R 1, F1 0.8
     assert (a["precision"], a["recall"], a["f1"], a["support"]) == pytest.approx((2 / 3, 1, 0.8, 2))
@@ -66,8 +61,8 @@ def test_baselines_and_map_at_k_by_hand():
 
 
 def test_multiclass_decisions_and_view():
-    assert decide(P, "multiclass", 0.99).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]
-    r = evaluate_predictions(Y, P, ["A", "B", "C"], "multiclass", 0.5, TRAIN, true_class=np.array([0, 1, 1, 0]))
+    assert argmax(3).decide(P).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    r = evaluate_predictions(Y, P, ["A", "B", "C"], argmax(3), TRAIN, true_class=np.array([0, 1, 1, 0]))
     assert r["genres"]["A"]["threshold"] is None
     view = r["multiclass_view"]
     assert view["accuracy"] == pytest.approx(3 / 4)  # argmax 0,2,1,0 against 0,1,1,0
@@ -77,7 +72,7 @@ def test_multiclass_decisions_and_view():
 def test_thresholds_maximise_validation_f1():
     y_val = np.array([[1, 0], [1, 0], [0, 0], [0, 0]])
     p_val = np.array([[0.35, 0.9], [0.3, 0.2], [0.2, 0.1], [0.1, 0.3]])
-    thresholds = choose_thresholds(y_val, p_val, default=0.5)
+    thresholds = per_genre_thresholds(y_val, p_val, default=0.5)
     # 0.3 is the best cut (both positives, no false one); every threshold in (0.2, 0.3]
     # decides the same, and the midpoint keeps a margin on both sides
     assert thresholds[0] == pytest.approx(0.25)
@@ -87,38 +82,36 @@ def test_thresholds_maximise_validation_f1():
 @pytest.fixture(scope="module")
 def demo_run(demo_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "ova"
-    cfg = TrainConfig(data=str(demo_dir), mode="ova", top_k=3, backbone="simple", image_size=32,
-                      batch_size=16, head=(16,), epochs=2, verbose=0)
-    train(cfg, run)
+    train(tiny_config(demo_dir, mode="ova", top_k=3, epochs=2), run)
     return run
 
 
 def test_evaluate_run_uses_validation_for_thresholds_and_writes_report(demo_run, monkeypatch):
     seen = {}
-    real_choose = report_module.choose_thresholds
+    real_choose = report_module.choose_policy
 
-    def spy(y_val, p_val, default):
-        seen["n"] = len(y_val)
-        return real_choose(y_val, p_val, default)
+    def spy(y_val, p_val, optimize):
+        seen["n"], seen["optimize"] = len(y_val), optimize
+        return real_choose(y_val, p_val, optimize)
 
-    monkeypatch.setattr(report_module, "choose_thresholds", spy)
-    report = evaluate_run(demo_run)
+    monkeypatch.setattr(report_module, "choose_policy", spy)
+    report = evaluate_run(demo_run, optimize="macro")
     split = json.loads((demo_run / "split.json").read_text())
-    assert seen["n"] == len(split["val"])  # thresholds chosen on exactly the validation posters
+    assert seen == {"n": len(split["val"]), "optimize": "macro"}  # chosen on exactly the validation posters
     assert report["overall"]["posters"] == len(split["test"])
     thresholds = json.loads((demo_run / "thresholds.json").read_text())
-    assert "validation" in thresholds["source"]
+    assert "validation" in thresholds["reason"] and thresholds["kind"] == report["policy"]["kind"]
     assert list(thresholds["thresholds"]) == list(report["genres"])
     assert [report["genres"][g]["threshold"] for g in report["genres"]] == list(thresholds["thresholds"].values())
     for name in ("genre_distribution.png", "training_curves.png", "f1_vs_random.png",
-                 "precision_recall.png", "confusion_matrices.png"):
+                 "precision_recall.png", "reliability.png", "confusion_matrices.png"):
         assert (demo_run / name).read_bytes()[:4] == b"\x89PNG", name
     md = (demo_run / "report.md").read_text()
     assert "| Action |" in md and "random F1" in md and "![Precision-recall curves](precision_recall.png)" in md
     saved = json.loads((demo_run / "metrics.json").read_text())
     assert saved["split"] == "test" and "multiclass_view" in saved and "map_at_3" in saved["overall"]
 
-    glob = evaluate_run(demo_run, tune_thresholds=False, threshold=0.3, plots=False)
+    glob = evaluate_run(demo_run, threshold=0.3, plots=False)
     assert {m["threshold"] for m in glob["genres"].values()} == {0.3}
 
 

@@ -15,11 +15,16 @@ from genrecls.cli import main
 from genrecls.errors import GenreclsError
 from genrecls.export import export_run, predict_files
 from genrecls.pipeline import make_dataset
-from genrecls.training import load_run_model
+from genrecls.runs import RunFolder
+
+
+def load_run_model(run):
+    return RunFolder.open(run).load_model()
 
 POSTERS = ["1.jpg", "2.jpg", "10.jpg", "260.jpg", "1196.jpg", "2571.jpg"]
 
 
+@pytest.mark.slow
 def test_exports_match_keras_in_a_fresh_process(tiny_runs, ml1m, tmp_path):
     files = [ml1m / "posters" / name for name in POSTERS]
     expected, exports = {}, {}
@@ -117,7 +122,9 @@ def test_unsafe_models_are_refused(tmp_path):
     model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
     (tmp_path / "run").mkdir()
     model.save(tmp_path / "run" / "model.keras")
+    with pytest.raises(GenreclsError, match="not a genrecls run"):
+        load_run_model(tmp_path / "run")  # genrecls did not write this folder
     with pytest.raises(GenreclsError, match="refusing to load"):
-        load_run_model(tmp_path / "run")
-    with pytest.raises(GenreclsError, match="neither a run folder"):
+        RunFolder(tmp_path / "run").load_model()
+    with pytest.raises(GenreclsError, match="neither a genrecls run folder"):
         predict_files(tmp_path, [tmp_path / "x.jpg"])

@@ -19,7 +19,7 @@ from genrecls.labels import (
     stratified_split,
     undersample,
 )
-from tests.conftest import rng_labels
+from tests.helpers import rng_labels
 
 MOVIES = [["Drama"], ["Drama", "Comedy"], ["Comedy"], ["Horror", "Drama"], ["Western"], ["Drama"]]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from genrecls.errors import GenreclsError
 from genrecls.pipeline import Augmentation, decode_image, make_dataset
-from tests.conftest import write_image
+from tests.helpers import write_image
 
 
 def _images(ds) -> np.ndarray:

@@ -14,9 +14,10 @@ import pytest
 
 from genrecls.cli import main
 from genrecls.errors import GenreclsError
-from genrecls.training import TrainConfig, train
+from genrecls.config import TrainConfig
+from genrecls.training import train
 from genrecls.tuning import OBJECTIVES, load_space, tune
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Frozen backbone (trials train on cached features) and a small space: seconds per trial.
 SPACE = {"units": [{"min": 8, "max": 32, "step": 8}], "learning_rate": [0.01, 0.001], "fine_tune_last": [0]}

@@ -1,0 +1,132 @@
+"""From a config to model inputs: labels, the split, and datasets of images or cached features.
+
+When the backbone is frozen and no augmentation is asked for, its pooled
+features are computed once per poster and every head (every OvA member,
+every tuner trial) trains on them: one pass over the posters instead of one
+per member per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from genrecls.config import TrainConfig
+from genrecls.datasets import PosterTable, load_dataset
+from genrecls.labels import GenreVocabulary, Split, check_split_covers, collapse, keep_labelled, stratified_split
+from genrecls.modes import get_mode
+from genrecls.pipeline import Augmentation, make_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """The table turned into labels and a split, ready for any mode."""
+
+    table: PosterTable
+    vocab: GenreVocabulary
+    ids: np.ndarray
+    paths: np.ndarray
+    Y: np.ndarray  # multi-hot (N, K)
+    strata: np.ndarray  # collapsed single label per poster
+    split: Split
+    unlabelled: int  # posters with no genre inside the vocabulary
+
+    def targets(self, mode: str) -> np.ndarray:
+        """What a mode's model learns (one-hot collapsed labels or multi-hot genres)."""
+        return get_mode(mode).targets(self.Y, self.strata)
+
+    def split_ids(self) -> dict:
+        return {part: self.ids[getattr(self.split, part)].tolist() for part in ("train", "val", "test")}
+
+    def rows(self, ids) -> tuple[np.ndarray, int]:
+        """Row indices of saved movie ids in this data, and how many of them are gone."""
+        where = {movie_id: i for i, movie_id in enumerate(self.ids)}
+        rows = np.array([where[i] for i in ids if i in where], dtype="int64")
+        return rows, len(ids) - len(rows)
+
+
+def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
+    """Load the table, fit (or reuse) the vocabulary, encode, and split with the config's seed."""
+    table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, **cfg.csv_options)
+    genre_lists = list(table.frame["genres"])
+    vocab = vocab or GenreVocabulary.fit(
+        genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres
+    )
+    Y = vocab.encode(genre_lists)
+    keep = keep_labelled(Y)
+    Y = Y[keep]
+    strata = collapse(Y, cfg.collapse)
+    split = stratified_split(strata, cfg.split, cfg.seed)
+    check_split_covers(Y, split, vocab.names)
+    return PreparedData(
+        table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
+        Y, strata, split, len(table) - len(keep),
+    )
+
+
+def extract_features(backbone: keras.Model, paths, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of every poster, one pass. Returns (features, decoded mask).
+
+    Indices travel with the images, so a poster tf.data skips cannot shift
+    the rows of the ones after it.
+    """
+    n = len(paths)
+    ds = make_dataset(paths, np.arange(n), image_size=cfg.image_size, batch_size=cfg.batch_size,
+                      resize=cfg.resize, check_files=False)
+    features = np.zeros((n, backbone.output_shape[-1]), dtype="float32")
+    decoded = np.zeros(n, dtype=bool)
+    verbose = cfg.verbose if cfg.verbose in (0, 2) else 1
+    progress = keras.utils.Progbar(n, unit_name="poster", verbose=verbose)
+    if verbose:
+        print(f"computing {backbone.name} features of {n} posters once", flush=True)
+    for images, idx in ds:
+        idx = idx.numpy()
+        features[idx] = backbone(images, training=False).numpy()
+        decoded[idx] = True
+        progress.add(len(idx))
+    return features, decoded
+
+
+class Inputs:
+    """Datasets for a set of poster indices: from cached features or from images."""
+
+    def __init__(self, cfg: TrainConfig, paths: np.ndarray, backbone: keras.Model | None):
+        self.cfg = cfg
+        self.paths = paths
+        self.features = None
+        self.decoded = np.ones(len(paths), dtype=bool)
+        if backbone is not None:
+            self.features, self.decoded = extract_features(backbone, paths, cfg)
+            if not self.decoded.all():
+                log.warning("%d posters failed to decode and are left out", (~self.decoded).sum())
+
+    def usable(self, idx: np.ndarray) -> np.ndarray:
+        return idx[self.decoded[idx]]
+
+    def dataset(self, idx: np.ndarray, targets: np.ndarray, training: bool) -> tf.data.Dataset:
+        cfg = self.cfg
+        if self.features is not None:
+            ds = tf.data.Dataset.from_tensor_slices((self.features[idx], targets))
+            if training:
+                ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
+            return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+        return make_dataset(
+            self.paths[idx], targets, image_size=cfg.image_size, batch_size=cfg.batch_size,
+            resize=cfg.resize, shuffle=training, seed=cfg.seed, cache=cfg.cache,
+            augment=Augmentation() if (training and cfg.augment) else None, check_files=False,
+        )
+
+
+def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and the row index of each (rows travel with the inputs, so skips cannot misalign)."""
+    batches = [(model(x, training=False).numpy(), rows.numpy())
+               for x, rows in inputs.dataset(idx, idx.astype("int64"), training=False)]
+    if not batches:
+        return np.zeros((0, model.output_shape[-1]), "float32"), np.zeros(0, "int64")
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])

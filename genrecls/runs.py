@@ -1,0 +1,272 @@
+"""The run folder: the one place that knows its layout.
+
+    models/<run>/
+      run.json           genrecls's claim on the folder: kind (run | search), created, finished
+      config.json        every setting plus library versions (`train --config` repeats the run)
+      genres.json        the ordered genre vocabulary
+      split.json         movie ids of the train / val / test splits
+      model.keras        or ova/<NN_genre>.keras per member + ova/combined.keras (+ ova/trunk.keras)
+      history.csv        one row per epoch (a genre column for OvA)
+      thresholds.json    the decision policy chosen on the validation split
+      metrics.json       evaluation of one split (schema in the README)
+      search.json        (a search folder) the settings and space a resumed search must match
+      report.md, *.png   the human-readable report and its plots
+      checkpoints/       per-fit history, best epoch and a backup for resuming
+
+A folder is claimed fresh, resumed (same settings, not finished) or refused.
+genrecls only ever deletes a folder that carries its own run.json, so
+`--overwrite` can never remove a user's files or a dataset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from genrecls import __version__
+from genrecls.config import TrainConfig
+from genrecls.errors import GenreclsError
+from genrecls.labels import GenreVocabulary
+
+MARKER = "run.json"
+CONFIG = "config.json"
+GENRES = "genres.json"
+SPLIT = "split.json"
+POLICY = "thresholds.json"
+METRICS = "metrics.json"
+MODEL = "model.keras"
+OVA = "ova"
+COMBINED = "combined.keras"
+TRUNK = "trunk.keras"  # the shared backbone of an OvA run with --ova-trunk shared
+HISTORY = "history.csv"
+REPORT = "report.md"
+CHECKPOINTS = "checkpoints"
+SEARCH = "search.json"
+SPLITS = ("train", "val", "test")
+SETTINGS = {"run": CONFIG, "search": SEARCH}  # where a claim records the settings it must resume with
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenreclsError(f"{path.parent} has no {path.name} ({what}); is it a finished genrecls run?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GenreclsError(f"{path} ({what}) is damaged: {exc}") from None
+
+
+def _write_json(path: Path, doc) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)  # never a half-written file
+
+
+def member_slug(j: int, genre: str) -> str:
+    return f"{j:02d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}"
+
+
+class RunFolder:
+    """A genrecls run (or search) folder: claim it, then save and load its parts."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ----------------------------------------------------------- claiming
+
+    @property
+    def is_genrecls(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    def marker(self) -> dict:
+        return _read_json(self.path / MARKER, "the run marker")
+
+    @classmethod
+    def claim(cls, path, config: TrainConfig | dict, overwrite: bool = False, kind: str = "run",
+              versions: dict | None = None) -> "RunFolder":
+        """A folder for a new run, or the unfinished run with the same settings (resume).
+
+        Refuses a finished run, a run with other settings, and any non-empty
+        folder genrecls did not create; `overwrite` replaces only a genrecls folder.
+        """
+        run = cls(path)
+        settings = config.to_json() if isinstance(config, TrainConfig) else dict(config)
+        if run.path.exists() and not run.path.is_dir():
+            raise GenreclsError(f"{run.path} is a file, not a run folder; choose another --out")
+        occupied = run.path.is_dir() and any(run.path.iterdir())
+        if occupied and not run.is_genrecls:
+            raise GenreclsError(f"{run.path} already holds files genrecls did not write; "
+                                "choose another --out (genrecls never deletes folders it did not create)")
+        if occupied and run.marker().get("kind") != kind:
+            raise GenreclsError(f"{run.path} holds a genrecls {run.marker().get('kind')}, not a {kind}; "
+                                "choose another --out")
+        if occupied and overwrite:
+            shutil.rmtree(run.path)
+            occupied = False
+        if occupied:
+            saved = _read_json(run.path / SETTINGS[kind], "settings")
+            saved.pop("versions", None)
+            if run.marker().get("finished"):
+                raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
+            changed = sorted(k for k in set(settings) | set(saved) if k != "verbose" and settings.get(k) != saved.get(k))
+            if changed:
+                raise GenreclsError(f"{run.path} holds an unfinished {kind} with other settings "
+                                    f"({', '.join(changed)}); pass --overwrite or another --out")
+            print(f"resuming the unfinished {kind} in {run.path}", flush=True)
+        else:
+            run.path.mkdir(parents=True, exist_ok=True)
+            _write_json(run.path / MARKER, {"kind": kind, "genrecls": __version__, "created": _now(),
+                                            "finished": False})
+        _write_json(run.path / SETTINGS[kind], {**settings, **({"versions": versions} if versions else {})})
+        return run
+
+    @classmethod
+    def await_claim(cls, path, kind: str = "search", timeout: float = 120.0) -> "RunFolder":
+        """A folder another process (a distributed search's chief) is claiming: wait for its marker."""
+        import time
+
+        run, deadline = cls(path), time.monotonic() + timeout
+        while not (run.is_genrecls and run.marker().get("kind") == kind):
+            if time.monotonic() > deadline:
+                raise GenreclsError(f"no genrecls {kind} appeared in {run.path} within {timeout:.0f} s; "
+                                    "start the chief first, with the same --out")
+            time.sleep(0.5)
+        return run
+
+    @classmethod
+    def open(cls, path, finished: bool = True) -> "RunFolder":
+        """An existing run folder, checked to be one (and finished, unless told otherwise)."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise GenreclsError(f"run folder {run.path} does not exist")
+        if not run.is_genrecls:
+            raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
+        marker = run.marker()
+        if marker.get("kind") != "run":
+            raise GenreclsError(f"{run.path} is a genrecls {marker.get('kind')}, not a trained run")
+        if finished and not marker.get("finished"):
+            raise GenreclsError(f"{run.path} holds an unfinished run; re-run its train command to finish it")
+        return run
+
+    def mark_finished(self, seconds: float | None = None) -> None:
+        _write_json(self.path / MARKER, {**self.marker(), "finished": True, "finished_at": _now(),
+                                         **({"train_seconds": round(seconds, 1)} if seconds is not None else {})})
+
+    @property
+    def finished(self) -> bool:
+        return self.is_genrecls and bool(self.marker().get("finished"))
+
+    # ------------------------------------------------------------- parts
+
+    def load_config(self, data: str | None = None) -> TrainConfig:
+        doc = _read_json(self.path / CONFIG, "settings")
+        if data:
+            doc["data"] = data
+        return TrainConfig.from_json(doc)
+
+    def save_config(self, cfg: TrainConfig, versions: dict | None = None) -> None:
+        _write_json(self.path / CONFIG, {**cfg.to_json(), **({"versions": versions} if versions else {})})
+
+    def save_vocab(self, vocab: GenreVocabulary) -> None:
+        vocab.save(self.path / GENRES)
+
+    def load_vocab(self) -> GenreVocabulary:
+        if not (self.path / GENRES).is_file():
+            raise GenreclsError(f"{self.path} has no {GENRES}; is it a finished genrecls run?")
+        return GenreVocabulary.load(self.path / GENRES)
+
+    def save_split(self, ids_by_part: dict) -> None:
+        _write_json(self.path / SPLIT, {part: list(ids_by_part[part]) for part in SPLITS})
+
+    def load_split(self) -> dict:
+        doc = _read_json(self.path / SPLIT, "the split")
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(p), list) for p in SPLITS):
+            raise GenreclsError(f"{self.path / SPLIT} is damaged: it needs lists of ids for {', '.join(SPLITS)}")
+        return doc
+
+    def save_policy(self, policy, genres) -> None:
+        _write_json(self.path / POLICY, policy.to_json(genres))
+
+    def load_policy(self, genres):
+        """The saved decision policy, or None when the run was never evaluated."""
+        from genrecls.policies import Policy
+
+        if not (self.path / POLICY).is_file():
+            return None
+        return Policy.from_json(_read_json(self.path / POLICY, "the decision policy"), genres)
+
+    def save_metrics(self, report: dict) -> None:
+        """The only writer of metrics.json (schema in the README)."""
+        _write_json(self.path / METRICS, report)
+
+    def load_metrics(self) -> dict:
+        doc = _read_json(self.path / METRICS, "metrics; evaluate the run first")
+        if not isinstance(doc, dict) or not {"genres", "overall"} <= set(doc):
+            raise GenreclsError(f"{self.path / METRICS} is damaged: it lacks genres or overall")
+        return doc
+
+    # ------------------------------------------------------------ models
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def combined_path(self) -> Path:
+        return self.path / OVA / COMBINED
+
+    def member_path(self, j: int, genre: str) -> Path:
+        (self.path / OVA).mkdir(exist_ok=True)
+        return self.path / OVA / f"{member_slug(j, genre)}.keras"
+
+    @property
+    def trunk_path(self) -> Path:
+        (self.path / OVA).mkdir(exist_ok=True)
+        return self.path / OVA / TRUNK
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY
+
+    def load_model(self):
+        """The trained model (safe mode: nothing is unpickled)."""
+        import keras
+
+        import genrecls.components  # noqa: F401  (registers the layers a run's model may hold)
+
+        for candidate in (self.model_path, self.combined_path):
+            if candidate.exists():
+                try:
+                    return keras.models.load_model(candidate, safe_mode=True)
+                except ValueError as exc:  # e.g. a Lambda layer, which safe mode refuses to unpickle
+                    raise GenreclsError(f"refusing to load {candidate}: {str(exc).splitlines()[0][:300]}") from None
+                except (OSError, KeyError) as exc:
+                    raise GenreclsError(f"{candidate} is damaged: {str(exc)[:200]}") from None
+        raise GenreclsError(f"{self.path} holds no {MODEL} or {OVA}/{COMBINED}; is it a run folder?")
+
+    def save_model(self, model, members: bool = False) -> Path:
+        path = self.combined_path if members else self.model_path
+        path.parent.mkdir(exist_ok=True)
+        model.save(path)
+        return path
+
+    def clean_backups(self) -> None:
+        """Drop the resume backups of a finished run (genrecls wrote them)."""
+        shutil.rmtree(self.checkpoints / "backup", ignore_errors=True)
