@@ -113,7 +113,9 @@ def _print_evaluation(run, report: dict) -> None:
 
     print(f"\n{report['split']} split, decisions: {report['policy']['name']} ({report['policy']['reason']})")
     print(format_table(report))
-    print(f"\nreport written to {os.path.join(run, 'report.md')} (with metrics.json, the decision policy and plots)")
+    from genrecls import runs
+
+    print(f"\nreport written to {os.path.join(run, runs.REPORT)} (with {runs.METRICS}, the decision policy and plots)")
 
 
 def cmd_evaluate(args) -> None:
@@ -147,9 +149,11 @@ def cmd_tune(args) -> None:
                  ova_scope=args.ova_scope, overwrite=args.overwrite)
     if table.empty:
         return
+    from genrecls import runs
+
     print("\n" + format_trials(table, args.objective))
     print(f"\ntrial table written to {os.path.join(out, 'trials.csv')}; "
-          f"best settings to the search folder's config.json (genrecls train --config accepts it)")
+          f"best settings to {os.path.join(out, runs.CONFIG)} (genrecls train --config accepts it)")
     if args.retrain:
         from genrecls.runs import RunFolder
         from genrecls.training import train
@@ -274,8 +278,8 @@ TRAINING_OPTIONS = {
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
     ],
 }
-TRAIN_FIELDS = tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
-                     for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
+TRAIN_FIELDS = ("format", "genre_sep") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
+                                               for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -283,7 +287,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     from genrecls import config
 
     _add_data_options(p, defaults=False)
-    p.add_argument("--config", help="config.json of an earlier run (or of `genrecls tune`); "
+    p.add_argument("--config", help="the settings file of an earlier run or search (in its folder); "
                    "options given here override it")
     p.add_argument("--recipe", choices=list(config.RECIPES),
                    help="start from a named recipe (scratch: the measured CPU recipe without pretrained weights; "
@@ -335,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a model (multiclass, multilabel or one-vs-all) into a run folder",
         description="Train on DATA and write a run folder: the model (or ova/ with one member per "
-        "genre and combined.keras), genres.json, config.json, history.csv, split.json and "
-        "metrics.json; then evaluate it (thresholds.json, report.md, plots). Re-running the same "
+        "genre and combined.keras), its settings, genres, history and split; then evaluate it (the "
+        "decision policy, metrics, report.md, plots). Re-running the same "
         "command after an interruption resumes it.",
     )
     _add_training_options(p)
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", help="Keras Tuner search over head widths, dropout, learning rate, trainable layers",
         description="Random search (or Hyperband) over a head/dropout/learning-rate/trainable-layers "
         "space (report 002's by default; change it with --space FILE.json). Writes trials.csv and the "
-        "best config.json into --out; re-running continues the search. For a distributed search set "
+        "best settings into --out; re-running continues the search. For a distributed search set "
         "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (see the README).",
     )
     _add_training_options(p)
@@ -365,10 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
-        "evaluate", help="per-genre report of a run against its baselines: metrics.json, report.md, plots",
+        "evaluate", help="per-genre report of a run against its baselines: metrics, report.md, plots",
         description="Evaluate a run folder on one split. The decision rule is chosen on the validation "
         "split (never on test) and saved for predict and export. Every overall score is shown beside "
-        "its trivial baseline and flagged when it does not beat it. Writes metrics.json, report.md "
+        "its trivial baseline and flagged when it does not beat it. Writes the metrics, report.md "
         "and PNG plots (reliability diagrams included) into the run folder.",
     )
     p.add_argument("run", help="run folder written by 'genrecls train'")

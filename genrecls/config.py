@@ -193,7 +193,7 @@ RULES = {
 
 @dataclass
 class TrainConfig:
-    """Everything needed to repeat a run; saved as the run's config.json."""
+    """Everything needed to repeat a run; the run folder saves it (runs.CONFIG)."""
 
     data: str
     mode: str = "ova"
@@ -252,6 +252,9 @@ class TrainConfig:
             self.image_size = spec.default_size
         if self.fine_tune_last is not None and self.freeze_until is not None:
             raise GenreclsError("give either --fine-tune-last or --freeze-until, not both")
+        if self.class_weight and self.loss != "bce":
+            raise GenreclsError(f"--class-weight weights the binary cross-entropy; it does not apply to "
+                                f"--loss {self.loss} (drop one of them)")
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

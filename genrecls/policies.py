@@ -1,6 +1,6 @@
 """Decision policies: which genres a poster gets from its probabilities.
 
-A policy is plain data (saved in the run folder as thresholds.json) with one
+A policy is plain data (the run folder saves it, runs.POLICY) with one
 rule, applied the same way in NumPy (reports, predict from a run) and in
 TensorFlow (the exported graph):
 
@@ -37,7 +37,8 @@ class Policy:
     validation: dict = field(default_factory=dict)  # candidate -> validation score
 
     def __post_init__(self):
-        values = tuple(float(t) for t in self.thresholds)
+        # float32, like the probabilities and the exported graph, so NumPy and TF decide alike
+        values = tuple(float(np.float32(t)) for t in self.thresholds)
         if not values or not all(math.isfinite(t) and 0 <= t <= 1 for t in values):
             raise GenreclsError(f"policy thresholds must be numbers in [0, 1], not {list(self.thresholds)}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
@@ -50,8 +51,8 @@ class Policy:
 
     def decide(self, probabilities) -> np.ndarray:
         """Binary decisions (N, K) in NumPy."""
-        p = np.asarray(probabilities, dtype=float)
-        above = p >= np.asarray(self.thresholds)
+        p = np.asarray(probabilities, dtype=np.float32)
+        above = p >= np.asarray(self.thresholds, dtype=np.float32)
         if self.top_k is not None or self.at_least_one:
             rank = np.argsort(np.argsort(-p, axis=1, kind="stable"), axis=1, kind="stable")
             if self.top_k is not None:
@@ -65,7 +66,7 @@ class Policy:
         import tensorflow as tf
 
         k = len(self.thresholds)
-        above = probabilities >= tf.constant(self.thresholds, probabilities.dtype)
+        above = tf.cast(probabilities, tf.float32) >= tf.constant(self.thresholds, tf.float32)
         if self.top_k is not None:
             top = tf.math.top_k(probabilities, k=min(self.top_k, k)).indices
             above &= tf.reduce_any(tf.one_hot(top, k) > 0.5, axis=1)
@@ -86,7 +87,7 @@ class Policy:
                 thresholds = [thresholds[g] for g in genres]
             if len(thresholds) != len(genres):
                 raise GenreclsError(f"{len(thresholds)} thresholds for {len(genres)} genres")
-            if "kind" not in doc:  # a thresholds.json from before policies: per-genre thresholds
+            if "kind" not in doc:  # saved before policies existed: per-genre thresholds
                 return cls("per-genre", thresholds, reason=doc.get("source", ""))
             return cls(doc["kind"], thresholds, doc.get("top_k"), bool(doc.get("at_least_one", False)),
                        doc.get("reason", ""), doc.get("validation", {}))
@@ -122,9 +123,15 @@ def per_genre_thresholds(y_val, p_val, default: float = 0.5) -> np.ndarray:
         f1 = np.divide(2 * precision * recall, precision + recall,
                        out=np.zeros_like(precision), where=(precision + recall) > 0)
         best = int(np.argmax(f1[:-1]))  # the last point has no threshold
-        below = cuts[best - 1] if best > 0 else cuts[best]
-        thresholds[j] = float((cuts[best] + below) / 2)
+        thresholds[j] = between(cuts[best - 1], cuts[best]) if best > 0 else float(np.float32(cuts[best]))
     return thresholds
+
+
+def between(lower: float, upper: float) -> float:
+    """A float32 threshold above `lower` and at most `upper`: the midpoint, unless rounding lands on `lower`."""
+    lower, upper = np.float32(lower), np.float32(upper)
+    mid = np.float32((float(lower) + float(upper)) / 2)
+    return float(mid if mid > lower else np.nextafter(lower, np.float32(np.inf)))
 
 
 def score(y_true, decisions, optimize: str) -> float:
@@ -134,11 +141,11 @@ def score(y_true, decisions, optimize: str) -> float:
 def global_threshold(y_val, p_val, optimize: str, at_least_one: bool) -> float:
     """The one threshold for every genre that maximises the chosen F1 on validation."""
     k = y_val.shape[1]
-    cuts = np.unique(np.quantile(p_val, np.linspace(0.5, 0.995, 100)))
+    levels = np.unique(np.quantile(np.asarray(p_val, np.float32), np.linspace(0, 1, 201)))
+    cuts = [between(a, b) for a, b in zip(levels[:-1], levels[1:])] or [float(levels[0])]
     scores = [score(y_val, Policy("global", [c] * k, at_least_one=at_least_one).decide(p_val), optimize)
               for c in cuts]
-    best = int(np.argmax(scores))
-    return float((cuts[best] + cuts[best - 1]) / 2) if best > 0 else float(cuts[best])
+    return cuts[int(np.argmax(scores))]
 
 
 def candidates(y_val, p_val, optimize: str, default: float = 0.5) -> list[Policy]:

@@ -49,11 +49,11 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
     data = Path(data) if data else default_data()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**RECIPES[recipe], **({"epochs": epochs} if epochs else {})}
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), **versions()},
-               "data": str(data.resolve()), "recipe": recipe, "settings": RECIPES[recipe], "modes": {}}
+               "data": str(data.resolve()), "recipe": recipe, "settings": settings, "modes": {}}
     for i, mode in enumerate(modes, 1):
-        settings = {**RECIPES[recipe], **({"epochs": epochs} if epochs else {})}
         cfg = TrainConfig(data=str(data), mode=mode, seed=seed, verbose=2, **settings)
         print(f"[{i}/{len(modes)}] {mode}: training {cfg.backbone} at {cfg.image_size} px", flush=True)
         started = time.time()

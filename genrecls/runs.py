@@ -11,7 +11,7 @@
       metrics.json       evaluation of one split (schema in the README)
       search.json        (a search folder) the settings and space a resumed search must match
       report.md, *.png   the human-readable report and its plots
-      checkpoints/       per-fit history, best epoch and a backup for resuming
+      checkpoints/       per-fit history and a backup for resuming
 
 A folder is claimed fresh, resumed (same settings, not finished) or refused.
 genrecls only ever deletes a folder that carries its own run.json, so
@@ -69,6 +69,14 @@ def _write_json(path: Path, doc) -> None:
     os.replace(tmp, path)  # never a half-written file
 
 
+def save_keras(model, path: Path) -> Path:
+    """model.save through a temporary name, so a kill never leaves a half-written model behind."""
+    tmp = path.with_name(path.stem + ".partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def member_slug(j: int, genre: str) -> str:
     return f"{j:02d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}"
 
@@ -89,9 +97,22 @@ class RunFolder:
 
     @property
     def is_genrecls(self) -> bool:
-        return (self.path / MARKER).is_file()
+        """True when the folder carries genrecls's own marker (a run.json of someone else's is not one)."""
+        try:
+            doc = json.loads((self.path / MARKER).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(doc, dict) and "genrecls" in doc and doc.get("kind") in SETTINGS
+
+    @property
+    def is_legacy(self) -> bool:
+        """A run trained before run folders carried a marker: readable, never overwritten."""
+        return (not (self.path / MARKER).exists() and (self.path / CONFIG).is_file()
+                and (self.path / GENRES).is_file() and (self.model_path.is_file() or self.combined_path.is_file()))
 
     def marker(self) -> dict:
+        if self.is_legacy:
+            return {"kind": "run", "finished": True, "legacy": True}
         return _read_json(self.path / MARKER, "the run marker")
 
     @classmethod
@@ -104,8 +125,8 @@ class RunFolder:
         """
         run = cls(path)
         settings = config.to_json() if isinstance(config, TrainConfig) else dict(config)
-        if run.path.exists() and not run.path.is_dir():
-            raise GenreclsError(f"{run.path} is a file, not a run folder; choose another --out")
+        if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
+            raise GenreclsError(f"{run.path} is a file or a link, not a run folder; choose another --out")
         occupied = run.path.is_dir() and any(run.path.iterdir())
         if occupied and not run.is_genrecls:
             raise GenreclsError(f"{run.path} already holds files genrecls did not write; "
@@ -152,7 +173,7 @@ class RunFolder:
         run = cls(path)
         if not run.path.is_dir():
             raise GenreclsError(f"run folder {run.path} does not exist")
-        if not run.is_genrecls:
+        if not (run.is_genrecls or run.is_legacy):
             raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
         marker = run.marker()
         if marker.get("kind") != "run":
@@ -167,7 +188,7 @@ class RunFolder:
 
     @property
     def finished(self) -> bool:
-        return self.is_genrecls and bool(self.marker().get("finished"))
+        return (self.is_genrecls or self.is_legacy) and bool(self.marker().get("finished"))
 
     # ------------------------------------------------------------- parts
 
@@ -264,8 +285,7 @@ class RunFolder:
     def save_model(self, model, members: bool = False) -> Path:
         path = self.combined_path if members else self.model_path
         path.parent.mkdir(exist_ok=True)
-        model.save(path)
-        return path
+        return save_keras(model, path)
 
     def clean_backups(self) -> None:
         """Drop the resume backups of a finished run (genrecls wrote them)."""

@@ -26,7 +26,7 @@ from genrecls.labels import Split, class_weights, oversample, ova_subset, positi
 from genrecls.models import build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone, steps
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
-from genrecls.runs import RunFolder, member_slug
+from genrecls.runs import RunFolder, member_slug, save_keras
 
 BALANCING = {"undersample": undersample, "oversample": oversample}
 
@@ -104,13 +104,14 @@ class Trainer:
         self.cfg = cfg
         self.mode = get_mode(cfg.mode)
         self.callbacks = list(callbacks)  # extra Keras callbacks for every fit
-        self.folder = RunFolder.claim(out, cfg, overwrite, versions=versions())
+        self.out, self.overwrite = out, overwrite
 
     def run(self, table: PosterTable | None = None) -> RunFolder:
-        cfg, folder = self.cfg, self.folder
+        cfg = self.cfg
         started = time.time()
         keras.utils.set_random_seed(cfg.seed)
-        data = prepare_data(cfg, table)
+        data = prepare_data(cfg, table)  # a data mistake fails here, before any folder is claimed
+        self.folder = folder = RunFolder.claim(self.out, cfg, self.overwrite, versions=versions())
         folder.save_vocab(data.vocab)
         folder.save_split(data.split_ids())
         T = data.targets(cfg.mode)
@@ -120,10 +121,10 @@ class Trainer:
         inputs = Inputs(cfg, data.paths, backbone if use_features else None)
         split = Split(*(inputs.usable(getattr(data.split, p)) for p in ("train", "val", "test")))
 
-        self.inputs = inputs
+        self.inputs, self.split = inputs, split
         train_loop = self._train_ova if self.mode.members else self._train_single
         model, on_features, bias = train_loop(data, T, split, (backbone, trainable), inputs, use_features)
-        scale, bias = self._calibration(on_features or model, self.inputs, data, split, bias)
+        scale, bias = self._calibration(on_features or model, self.inputs, data, self.split, bias)
         final = calibrated(model, scale, bias, self.mode.activation)
         folder.save_model(final, members=self.mode.members)
         folder.clean_backups()
@@ -193,7 +194,7 @@ class Trainer:
                 images.dataset(split.val, T[split.val], False), cfg, self.folder.checkpoints, "trunk",
                 None, self.callbacks)
             trunk = built.backbone
-            trunk.save(path)
+            save_keras(trunk, path)
         trunk.trainable = False
         return trunk
 
@@ -201,7 +202,8 @@ class Trainer:
         if self.cfg.ova_trunk == "shared" and backbone[1] != "frozen":
             trunk = self._shared_trunk(data, T, split, backbone)
             backbone, inputs, use_features = (trunk, "frozen"), Inputs(self.cfg, data.paths, trunk), True
-            self.inputs = inputs
+            split = Split(*(inputs.usable(getattr(split, p)) for p in ("train", "val", "test")))
+            self.inputs, self.split = inputs, split
         members, histories, fit_share, ratio = [], [], [], []
         for j, genre in enumerate(data.vocab.names):
             train_idx, y_train, val_idx, y_val, weights = member_sets(self.cfg, T, split.train, split.val, j)
@@ -215,7 +217,7 @@ class Trainer:
                 print(f"[{j + 1}/{T.shape[1]}] training the {genre} member", flush=True)
                 member = self._train_member(j, genre, backbone, inputs, use_features,
                                             (train_idx, y_train, val_idx, y_val, weights))
-                member.save(path)
+                save_keras(member, path)
                 members.append(member)
             hist_file = self.folder.checkpoints / f"{member_slug(j, genre)}.history.csv"
             if hist_file.exists():

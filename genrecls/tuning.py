@@ -193,7 +193,7 @@ def tune(
     ova_scope: str = "per-genre",
     overwrite: bool = False,
 ) -> pd.DataFrame:
-    """Run the search; write trials.csv and the best config.json into `out`.
+    """Run the search; write trials.csv and the best settings (a train config) into `out`.
 
     Re-running the same call continues from the trials already done
     (overwrite=True starts again). Returns the trial table.
@@ -231,7 +231,7 @@ def tune(
         backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
         set_trainable(backbone)
     inputs = Inputs(cfg, data.paths, backbone)
-    train_idx = balanced_rows(cfg, data.strata, inputs.usable(data.split.train))
+    train_idx = inputs.usable(data.split.train)  # OvA members draw their own balanced sets from it
     val_idx = inputs.usable(data.split.val)
     feature_dim = inputs.features.shape[1] if use_features else None
     stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
@@ -244,6 +244,7 @@ def tune(
 
     tuners = {}
     if not mode.members:
+        train_idx = balanced_rows(cfg, data.strata, train_idx)
         pos_weight, weights = imbalance_weights(cfg, mode, T[train_idx], data.strata[train_idx])
         model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,

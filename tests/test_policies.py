@@ -37,7 +37,7 @@ def test_json_round_trip_and_validation():
     policy = Policy("per-genre", [0.2, 0.3, 0.4], at_least_one=True, reason="why")
     assert Policy.from_json(policy.to_json(genres), genres) == policy
     old = {"source": "per genre", "thresholds": {"A": 0.1, "B": 0.2, "C": 0.3}}  # before policies
-    assert Policy.from_json(old, genres).thresholds == (0.1, 0.2, 0.3)
+    assert Policy.from_json(old, genres).thresholds == pytest.approx((0.1, 0.2, 0.3))  # float32, like the graph
     with pytest.raises(GenreclsError, match="damaged decision policy"):
         Policy.from_json({"kind": "global", "thresholds": {"A": 0.5}}, genres)
     with pytest.raises(GenreclsError, match="thresholds must be numbers in \\[0, 1\\]"):
@@ -78,3 +78,13 @@ def test_optimizing_macro_keeps_per_genre_thresholds_where_genres_differ():
     assert score(y, chosen.decide(p), "macro") > 0.95
     with pytest.raises(GenreclsError, match="optimize must be one of"):
         choose_policy(y, p, "accuracy")
+
+
+def test_a_threshold_between_two_float32_scores_decides_alike_in_numpy_and_tensorflow():
+    low = np.float32(0.3)
+    high = np.nextafter(low, np.float32(1))  # neighbouring float32 scores: no float32 midpoint exists
+    y = np.array([[0], [1]])
+    p = np.array([[low], [high]], dtype=np.float32)
+    policy = Policy("per-genre", per_genre_thresholds(y, p))
+    assert policy.decide(p).ravel().tolist() == [0, 1]  # the lower score stays out
+    assert policy.decide_tf(tf.constant(p)).numpy().ravel().tolist() == [False, True]

@@ -65,3 +65,28 @@ def test_open_refuses_unfinished_foreign_and_damaged_runs(tmp_path):
     (run / "thresholds.json").write_text(json.dumps({"kind": "global", "thresholds": [float("nan")]}))
     with pytest.raises(GenreclsError, match="thresholds must be numbers in \\[0, 1\\]"):
         run.load_policy(["Drama"])
+
+
+def test_a_foreign_run_json_or_a_link_is_not_a_claim(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text('{"kind": "run", "finished": true}')  # someone else's run.json
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(GenreclsError, match="genrecls did not write"):
+        RunFolder.claim(mine, SETTINGS, overwrite=True)
+    link = tmp_path / "link"
+    link.symlink_to(RunFolder.claim(tmp_path / "real", SETTINGS).path)
+    with pytest.raises(GenreclsError, match="a file or a link"):
+        RunFolder.claim(link, SETTINGS, overwrite=True)
+    assert (mine / "notes.txt").exists() and (tmp_path / "real" / "run.json").exists()
+
+
+def test_runs_from_before_the_marker_are_read_but_never_overwritten(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.json", "genres.json", "model.keras"):
+        (old / name).write_text("{}")
+    assert RunFolder.open(old).finished
+    with pytest.raises(GenreclsError, match="genrecls did not write"):
+        RunFolder.claim(old, SETTINGS, overwrite=True)
+    assert (old / "model.keras").exists()

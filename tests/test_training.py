@@ -182,3 +182,33 @@ def test_real_posters_train_multilabel(ml1m, tmp_path):
     assert list(report["genres"]) == ["Drama", "Comedy", "Action", "Other"]
     assert report["overall"]["posters"] == 489  # 15 % of 3,256
     assert report["genres"]["Drama"]["support"] > 150
+
+
+def test_ova_probabilities_are_corrected_to_the_real_prevalence(demo_dir, tmp_path):
+    """Members fit on 70 % positives overstate every genre; the Calibration layer in the saved model undoes it."""
+    common = dict(mode="ova", top_k=3, epochs=3, positive_share=0.7, learning_rate=0.01, fine_tune_last=0,
+                  weights=None)
+    means = {}
+    for calibration in ("none", "prior"):
+        run = tmp_path / calibration
+        train(_config(demo_dir, calibration=calibration, **common), run, evaluate=False)
+        images = np.concatenate([x for x, _ in make_dataset(
+            sorted((demo_dir / "posters").glob("*.jpg")), np.zeros(84), image_size=32, batch_size=32)])
+        means[calibration] = load_run_model(run).predict(images, verbose=0).mean(axis=0)
+    labels = pd.read_csv(demo_dir / "labels.csv")
+    genres = json.loads((tmp_path / "prior" / "genres.json").read_text())["genres"]
+    kept = labels[labels["genres"].apply(lambda g: any(x in g.split("|") for x in genres))]
+    prevalence = np.array([kept["genres"].str.split("|").apply(lambda g, x=x: x in g).mean() for x in genres])
+    assert (means["none"] > prevalence + 0.1).all()  # raw members: the 70 % share shows through
+    assert np.abs(means["prior"] - prevalence).mean() < np.abs(means["none"] - prevalence).mean() / 2
+
+
+def test_shared_trunk_ova_trains_its_trunk_once_and_members_on_its_features(demo_dir, tmp_path, capsys):
+    run = tmp_path / "ova"
+    report = train(_config(demo_dir, mode="ova", top_k=3, epochs=2, ova_trunk="shared"), run)
+    out = capsys.readouterr().out
+    assert out.count("training the shared trunk") == 1
+    assert (run / "ova" / "trunk.keras").exists()
+    model = load_run_model(run)
+    assert model.output_shape == (None, 3) and model.layers[-1].name == "calibration"
+    assert report["policy"]["reason"].startswith("maximised micro F1")
