@@ -42,11 +42,10 @@ def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
     cfg = folder.load_config()
     genres = folder.load_vocab().names
     mode = get_mode(cfg.mode)
-    policy = folder.load_policy(genres) if mode.tuned_policy else None
+    policy = folder.load_policy(genres)
     if policy is None:
-        policy = mode.default_policy(len(genres), DEFAULT_THRESHOLD)
-        if mode.tuned_policy:
-            policy = Policy(policy.kind, policy.thresholds, reason=f"global {DEFAULT_THRESHOLD} (run not evaluated)")
+        default = mode.default_policy(len(genres), DEFAULT_THRESHOLD)
+        policy = Policy(default.kind, default.thresholds, default.top_k, reason=f"{default.name} (run not evaluated)")
     meta = {
         "genres": genres, "thresholds": list(policy.thresholds), "policy": policy.to_json(genres),
         "mode": cfg.mode, "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,

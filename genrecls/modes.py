@@ -25,7 +25,6 @@ class Mode:
     name: str
     activation: str  # of the output layer
     one_hot: bool  # learns the collapsed single label (one-hot) instead of the multi-hot genres
-    tuned_policy: bool  # decisions chosen on validation; otherwise argmax
     members: bool  # built from one binary member per genre
     description: str
 
@@ -34,7 +33,8 @@ class Mode:
         return np.eye(Y.shape[1], dtype="float32")[strata] if self.one_hot else Y
 
     def default_policy(self, k: int, threshold: float = 0.5) -> policies.Policy:
-        return policies.fixed(k, threshold) if self.tuned_policy else policies.argmax(k)
+        """The decisions of a run never evaluated: argmax for softmax, one global threshold otherwise."""
+        return policies.argmax(k) if self.activation == "softmax" else policies.fixed(k, threshold)
 
     def loss(self, name: str = "bce", pos_weight=None, label_smoothing: float = 0.0):
         """The Keras loss: categorical cross-entropy for softmax, else `name` for sigmoid outputs."""
@@ -70,15 +70,15 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {
-    "multiclass": Mode("multiclass", "softmax", one_hot=True, tuned_policy=False, members=False,
+    "multiclass": Mode("multiclass", "softmax", one_hot=True, members=False,
                        description="one genre per poster (its least common), softmax"),
-    "multilabel": Mode("multilabel", "sigmoid", one_hot=False, tuned_policy=True, members=False,
+    "multilabel": Mode("multilabel", "sigmoid", one_hot=False, members=False,
                        description="every genre of a poster, one sigmoid per genre"),
-    "ova": Mode("ova", "sigmoid", one_hot=False, tuned_policy=True, members=True,
+    "ova": Mode("ova", "sigmoid", one_hot=False, members=True,
                 description="one binary member per genre on its own balanced set (report 002)"),
 }
 # One binary OvA member, labels shaped (N, 1): not a user-facing mode.
-MEMBER = Mode("member", "sigmoid", one_hot=False, tuned_policy=True, members=False,
+MEMBER = Mode("member", "sigmoid", one_hot=False, members=False,
               description="one binary one-vs-all member")
 
 

@@ -53,6 +53,8 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), **versions()},
                "data": str(data.resolve()), "recipe": recipe, "settings": settings, "modes": {}}
+    earlier = _earlier(out / "quality.json", results)
+    results["modes"] = {m: r for m, r in earlier.items() if m not in modes}  # keep other modes of the same setup
     for i, mode in enumerate(modes, 1):
         cfg = TrainConfig(data=str(data), mode=mode, seed=seed, verbose=2, **settings)
         print(f"[{i}/{len(modes)}] {mode}: training {cfg.backbone} at {cfg.image_size} px", flush=True)
@@ -62,6 +64,16 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
         (out / "quality.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         (out / "quality.md").write_text(format_markdown(results))
     return results
+
+
+def _earlier(path: Path, now: dict) -> dict:
+    """Per-mode results of an earlier run with the same data, recipe and settings (else nothing)."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(before.get(k) == json.loads(json.dumps(now[k])) for k in ("data", "recipe", "settings"))
+    return before.get("modes", {}) if same else {}
 
 
 def summarize(report: dict, seconds: float) -> dict:

@@ -46,9 +46,9 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on one split and write its report files into the run.
 
-    Decisions: argmax for multiclass; otherwise the policy that maximises
-    the `optimize` F1 (default: the run's config) on the validation split,
-    or one global `threshold` when given. The policy is saved in the run for
+    Decisions: the policy that maximises the `optimize` F1 (default: the
+    run's config) on the validation split (argmax, top-k, global or
+    per-genre thresholds), or one global `threshold` when given. The policy is saved in the run for
     predict and export. Never chosen on the split being evaluated unless
     that split is "val" itself (the report then says so).
     """
@@ -75,9 +75,7 @@ def evaluate_run(
     if not len(rows):
         raise GenreclsError(f"none of the run's {split} posters is in {cfg.data}")
 
-    if not mode.tuned_policy:
-        policy = mode.default_policy(len(names))
-    elif threshold is not None:
+    if threshold is not None:
         policy = fixed(len(names), float(threshold))
     else:
         val_rows, _ = prepared.rows(saved["val"])

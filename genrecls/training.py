@@ -150,8 +150,14 @@ class Trainer:
         scale, platt_bias = calibration.fit_platt(data.Y[rows], shifted)
         return scale, scale * bias + platt_bias
 
-    def _prior_bias(self, T: np.ndarray, train: np.ndarray, fitted_rows: np.ndarray, weight_ratio=None):
-        real = T[train].mean(axis=0)
+    def _prior_bias(self, data: PreparedData, T: np.ndarray, train: np.ndarray, fitted_rows: np.ndarray,
+                    weight_ratio=None):
+        """Undo the shift from the shares the model was fit on to each genre's real prevalence.
+
+        For multiclass the fit shares are those of the collapsed single label (a poster's least
+        common genre), so the correction also re-ranks genres by how often posters really have them.
+        """
+        real = data.Y[train].mean(axis=0)
         return calibration.prior_shift_bias(real, T[fitted_rows].mean(axis=0), weight_ratio, self.mode.activation)
 
     # -------------------------------------------------------------- fitting
@@ -169,7 +175,7 @@ class Trainer:
         history.to_csv(self.folder.history_path, index=False)
         weights = pos_weight if pos_weight is not None else (
             [class_weight.get(c, 1.0) for c in range(T.shape[1])] if class_weight else None)
-        bias = self._prior_bias(T, split.train, train, weights)
+        bias = self._prior_bias(data, T, split.train, train, weights)
         return built.full, (built.head if use_features else None), bias
 
     def _shared_trunk(self, data, T, split, backbone):

@@ -67,7 +67,7 @@ def test_mode_registry_records():
     assert set(MODES) == {"multiclass", "multilabel", "ova"}
     assert [m.activation for m in MODES.values()] == ["softmax", "sigmoid", "sigmoid"]
     assert [m.name for m in MODES.values() if m.members] == ["ova"]
-    assert [m.name for m in MODES.values() if not m.tuned_policy] == ["multiclass"]
+    assert get_mode("multiclass").default_policy(3).kind == "argmax"
     import numpy as np
 
     Y = np.array([[1, 1, 0], [0, 1, 0]], "float32")

@@ -95,10 +95,16 @@ def test_predict_reports_a_corrupt_file_and_predicts_the_rest(tiny_runs, ml1m, t
     assert len(printed) == 5 and sum(1 for r in printed if r["error"]) == 2
 
 
-def test_multiclass_predicts_exactly_one_genre(tiny_runs, ml1m, tmp_path):
-    export = export_run(tiny_runs["multiclass"], tmp_path / "export")
+def test_multiclass_with_an_argmax_policy_predicts_exactly_one_genre(tiny_runs, ml1m, tmp_path):
+    from genrecls.policies import argmax
+    from genrecls.runs import RunFolder
+
+    folder = RunFolder.open(tiny_runs["multiclass"])
+    genres = folder.load_vocab().names
+    folder.save_policy(argmax(len(genres)), genres)
+    export = export_run(folder.path, tmp_path / "export")
     (export / "metadata.json").unlink()  # the graph alone knows the decisions
-    for source in (tiny_runs["multiclass"], export):
+    for source in (folder.path, export):
         results = predict_files(source, [ml1m / "posters" / n for n in POSTERS])
         assert all(len(r["above_threshold"]) == 1 for r in results)
         assert all(r["above_threshold"][0] == r["top"][0]["genre"] for r in results)
