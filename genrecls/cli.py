@@ -121,11 +121,9 @@ def _print_evaluation(run, report: dict) -> None:
 def cmd_evaluate(args) -> None:
     from genrecls.report import evaluate_run
 
-    threshold = args.threshold if args.global_threshold or args.threshold is not None else None
-    if args.global_threshold and threshold is None:
-        from genrecls.config import DEFAULT_THRESHOLD
+    from genrecls.config import DEFAULT_THRESHOLD
 
-        threshold = DEFAULT_THRESHOLD
+    threshold = args.threshold if args.threshold is not None else (DEFAULT_THRESHOLD if args.global_threshold else None)
     report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold)
     _print_evaluation(args.run, report)
 

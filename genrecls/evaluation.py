@@ -7,8 +7,7 @@ mAP and MAP@k; and beside them two baselines: guessing each genre at random
 with its training prevalence, and always predicting the most common genres.
 
 Truth is always the movies' real (multi-hot) genres; decisions come from
-the run's decision policy (`policies`): argmax for multiclass, a rule chosen
-on validation otherwise. Every overall score is set beside the trivial
+the run's decision policy (`policies`), chosen on validation. Every overall score is set beside the trivial
 baseline it must beat, and flagged when it does not.
 """
 

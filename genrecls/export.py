@@ -15,6 +15,7 @@ name where it is above its threshold, "" elsewhere).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
     policy = folder.load_policy(genres)
     if policy is None:
         default = mode.default_policy(len(genres), DEFAULT_THRESHOLD)
-        policy = Policy(default.kind, default.thresholds, default.top_k, reason=f"{default.name} (run not evaluated)")
+        policy = dataclasses.replace(default, reason=f"{default.name} (run not evaluated)")
     meta = {
         "genres": genres, "thresholds": list(policy.thresholds), "policy": policy.to_json(genres),
         "mode": cfg.mode, "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,
@@ -130,7 +131,7 @@ class Predictor:
 
             genres = [g.decode() for g in serve["metadata"]()["genres"].numpy()]
             return cls(from_export, genres)
-        if RunFolder(source).is_genrecls:
+        if RunFolder(source).is_run:
             folder = RunFolder.open(source)
             policy, meta = run_policy(folder)
             model = folder.load_model()

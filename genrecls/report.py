@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from genrecls.datasets import PosterTable
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import evaluate_predictions, metric_name
-from genrecls.modes import get_mode
 from genrecls.plots import (
     plot_confusion_matrices,
     plot_f1_against_random,
@@ -22,7 +20,7 @@ from genrecls.plots import (
 )
 from genrecls.policies import OPTIMIZE, choose_policy, fixed
 from genrecls.preparation import Inputs, predict_split, prepare_data
-from genrecls.runs import REPORT, SPLITS, RunFolder
+from genrecls.runs import HISTORY, REPORT, SPLITS, RunFolder
 
 PLOTS = {
     "genre_distribution.png": "Genre distribution",
@@ -64,7 +62,6 @@ def evaluate_run(
     cfg = folder.load_config(os.path.abspath(data) if data else None)
     vocab = folder.load_vocab()
     prepared = prepare_data(cfg, table if not data else None, vocab=vocab)
-    mode = get_mode(cfg.mode)
     model = folder.load_model()
     names = vocab.names
     inputs = Inputs(cfg, prepared.paths, backbone=None)  # whole model on images, as predict and export see it
@@ -104,8 +101,8 @@ def evaluate_run(
 def _write_plots(run: Path, prepared, report: dict, probabilities, seen, names) -> None:
     counts = dict(zip(names, prepared.Y.sum(axis=0).astype(int).tolist()))
     plot_genre_distribution(dict(sorted(counts.items(), key=lambda kv: -kv[1])), run / "genre_distribution.png")
-    if (run / "history.csv").exists():
-        plot_training_curves(pd.read_csv(run / "history.csv"), run / "training_curves.png")
+    if (run / HISTORY).exists():
+        plot_training_curves(pd.read_csv(run / HISTORY), run / "training_curves.png")
     plot_f1_against_random(report, run / "f1_vs_random.png")
     plot_precision_recall(prepared.Y[seen], probabilities, names, run / "precision_recall.png")
     plot_reliability(prepared.Y[seen], probabilities, names, run / "reliability.png")
@@ -152,7 +149,6 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
     for key, v in report["versus_baselines"].items():
         lines.append(f"| {metric_name(key)} | {v['model']:.3f} | {v['baseline']:.3f} | {v['baseline_name']} | "
                      f"{'yes' if v['beats'] else '**NO** ⚠'} |")
-    o = report["overall"]
     lines += [
         "",
         f"Hamming loss {o['hamming_loss']:.3f}, subset accuracy {o['subset_accuracy']:.3f}, "

@@ -110,6 +110,11 @@ class RunFolder:
         return (not (self.path / MARKER).exists() and (self.path / CONFIG).is_file()
                 and (self.path / GENRES).is_file() and (self.model_path.is_file() or self.combined_path.is_file()))
 
+    @property
+    def is_run(self) -> bool:
+        """A folder genrecls can read as a run: its own, or one from before the marker."""
+        return self.is_genrecls or self.is_legacy
+
     def marker(self) -> dict:
         if self.is_legacy:
             return {"kind": "run", "finished": True, "legacy": True}
@@ -173,7 +178,7 @@ class RunFolder:
         run = cls(path)
         if not run.path.is_dir():
             raise GenreclsError(f"run folder {run.path} does not exist")
-        if not (run.is_genrecls or run.is_legacy):
+        if not run.is_run:
             raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
         marker = run.marker()
         if marker.get("kind") != "run":
@@ -188,7 +193,7 @@ class RunFolder:
 
     @property
     def finished(self) -> bool:
-        return (self.is_genrecls or self.is_legacy) and bool(self.marker().get("finished"))
+        return self.is_run and bool(self.marker().get("finished"))
 
     # ------------------------------------------------------------- parts
 

@@ -23,7 +23,6 @@ import keras
 import keras_tuner as kt
 import pandas as pd
 
-from genrecls.backbones import build_backbone, set_trainable
 from genrecls.config import TrainConfig
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
@@ -204,17 +203,16 @@ def tune(
         raise GenreclsError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
     if ova_scope not in OVA_SCOPES:
         raise GenreclsError(f"OvA scope must be one of {', '.join(OVA_SCOPES)}, not {ova_scope!r}")
-    members = get_mode(cfg.mode).members
-    if members and ova_scope == "shared" and algorithm == "hyperband":
+    mode = get_mode(cfg.mode)
+    if mode.members and ova_scope == "shared" and algorithm == "hyperband":
         raise GenreclsError("the shared OvA search supports --algorithm random only")
-    if members and ova_scope == "per-genre" and "KERASTUNER_ORACLE_IP" in os.environ:
+    if mode.members and ova_scope == "per-genre" and "KERASTUNER_ORACLE_IP" in os.environ:
         raise GenreclsError("a distributed OvA search needs --ova-scope shared (one search for all genres)")
     if max_trials < 1 or executions_per_trial < 1:
         raise GenreclsError("--max-trials and --executions-per-trial must be at least 1")
     if cfg.freeze_until is not None:
         raise GenreclsError("tune searches the trainable layers as fine_tune_last; drop --freeze-until")
     space = space or default_space(cfg)
-    mode = get_mode(cfg.mode)
     if is_worker():  # the chief claims the folder; workers only add trials to it
         folder = RunFolder.await_claim(out)
     else:
@@ -228,8 +226,7 @@ def tune(
     use_features = frozen and not cfg.augment and cfg.freeze_until is None and cfg.cache_features
     backbone = None
     if use_features:
-        backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
-        set_trainable(backbone)
+        backbone, _ = new_backbone(cfg, fine_tune_last=0)  # frozen
     inputs = Inputs(cfg, data.paths, backbone)
     train_idx = inputs.usable(data.split.train)  # OvA members draw their own balanced sets from it
     val_idx = inputs.usable(data.split.val)
