@@ -16,6 +16,14 @@ import sys
 from genrecls.errors import GenreclsError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with genrecls's error form: one line `genrecls: error: ...`, exit status 1."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("genrecls").strip()
+        raise GenreclsError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
+
+
 def _add_data_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Options every command that reads a dataset folder accepts."""
     p.add_argument("data", nargs=None if defaults else "?",
@@ -24,9 +32,13 @@ def _add_data_options(p: argparse.ArgumentParser, defaults: bool = True) -> None
                    help="dataset format (default: detected from the files in DATA)")
     p.add_argument("--genre-sep", default="|" if defaults else None,
                    help="separator inside a genre string (default: |)")
+    from genrecls.config import MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=_number(int, 1), default=MAX_PIXELS if defaults else None,
+                   help=f"refuse posters larger than this many pixels (decompression bombs) [{MAX_PIXELS:,}]")
     if defaults:
         p.add_argument("--no-check-images", dest="check_images", action="store_false",
-                       help="skip the byte check that drops empty, truncated and non-image files")
+                       help="skip the header check that drops empty, truncated, oversized and non-image files")
     g = p.add_argument_group("csv format options")
     g.add_argument("--csv-file", help="table file inside DATA (default: labels.csv)")
     g.add_argument("--path-column", help="column of image paths relative to DATA (default: path)")
@@ -40,14 +52,17 @@ def load_table(args):
     """Call datasets.load_dataset with the data options of a parsed command line."""
     from genrecls.datasets import load_dataset
 
-    return load_dataset(
-        args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images, **_csv_options(args)
-    )
+    return load_dataset(args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images,
+                        max_pixels=args.max_pixels, **_csv_options(args))
 
 
 def cmd_summary(args) -> None:
     from genrecls.datasets import format_summary, summarize
 
+    if args.plot:
+        from genrecls.plots import check_plot_path
+
+        check_plot_path(args.plot)
     summary = summarize(load_table(args))
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -276,7 +291,7 @@ TRAINING_OPTIONS = {
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
     ],
 }
-TRAIN_FIELDS = ("format", "genre_sep") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
+TRAIN_FIELDS = ("format", "genre_sep", "max_pixels") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
                                                for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
 
 
@@ -308,7 +323,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="genrecls",
         description="Predict movie genres from poster images (Keras 3 on TensorFlow).",
         epilog="Run 'genrecls COMMAND --help' for the options of each command.",
@@ -471,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Hide TensorFlow's INFO chatter; its warnings (e.g. skipped images) still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except GenreclsError as exc:
         print(f"genrecls: error: {exc}", file=sys.stderr)

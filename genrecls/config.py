@@ -29,6 +29,9 @@ CALIBRATIONS = ("none", "prior", "platt")  # prior: undo balanced sets / class w
 LR_SCHEDULES = ("constant", "cosine")
 OVA_TRUNKS = ("separate", "shared")  # a trainable backbone per member (report 002), or one trained on all genres
 DEFAULT_THRESHOLD = 0.5
+# Posters above this many pixels are refused before decoding (a 20000x20000 PNG decodes into 1.2 GB);
+# the largest real posters are about 4000x6000.
+MAX_PIXELS = 50_000_000
 MEMBER_KEYS = ("head", "dropout", "learning_rate")
 
 # Named starting points (`genrecls train --recipe NAME`, `make train-* WEIGHTS=none`, `genrecls quality`);
@@ -154,6 +157,7 @@ RULES = {
     "format": _choice(FORMATS, optional=True),
     "csv_options": _dict,
     "genre_sep": _text(),
+    "max_pixels": _int(1),
     "genres": _genres,
     "top_k": _int(1, optional=True),
     "other": _bool,
@@ -200,6 +204,7 @@ class TrainConfig:
     format: str | None = None
     csv_options: dict = field(default_factory=dict)
     genre_sep: str = "|"
+    max_pixels: int = MAX_PIXELS  # posters above it are refused (decompression bombs)
     # labels
     genres: list | None = None
     top_k: int | None = None

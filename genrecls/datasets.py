@@ -14,16 +14,20 @@ Every row that cannot be used is dropped *and counted* in a `DropReport`
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
+import unicodedata
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import pandas as pd
+from PIL import Image
 
+from genrecls.config import MAX_PIXELS
 from genrecls.errors import GenreclsError
 
 FORMATS = ("movielens", "letterboxd", "kaggle", "csv")
@@ -50,6 +54,9 @@ UNPARSEABLE = "unparseable line"
 MALFORMED_GENRES = "malformed genre string"
 OUTSIDE_FOLDER = "path outside dataset folder"
 UNREADABLE = "unreadable image"
+WRONG_FIELDS = "wrong number of fields"
+UNCLOSED_QUOTE = "unclosed quote"
+SAME_FILE = "same poster file as another row"
 
 
 @dataclass
@@ -117,8 +124,8 @@ def parse_genres(value, sep: str = "|") -> list[str] | None:
         name = " ".join(token.split())  # trim and collapse inner whitespace
         if name.lower() in NO_GENRE_MARKERS:
             continue
-        if SUSPECT_SEPARATORS.intersection(name) - {sep}:
-            return None
+        if SUSPECT_SEPARATORS.intersection(name) - {sep} or any(unicodedata.category(c) == "Cc" for c in name):
+            return None  # split with the wrong separator, or a NUL or other control character
         if name not in names:
             names.append(name)
     return names
@@ -144,24 +151,31 @@ def merge_case_variants(genre_lists: list[list[str]]) -> list[list[str]]:
 # ------------------------------------------------------------------ image files
 
 
-def image_problem(path: str | os.PathLike) -> str | None:
-    """Why a poster file cannot be decoded, or None when it looks sound.
+def image_problem(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> str | None:
+    """Why a poster file cannot be used, or None when it looks sound.
 
-    Reads only the first and last bytes, so it costs two small reads per
-    file whatever the image size. Catches missing, empty, non-image and
-    truncated files (a JPEG without its end marker, a PNG without IEND),
-    which a decoder would otherwise fail on, or worse, half-decode.
+    Reads the first and last bytes and the header, whatever the image size:
+    catches missing, empty, non-image and truncated files (a JPEG without its
+    end marker, a PNG without IEND), headers no decoder can read, formats the
+    TensorFlow decoder gets wrong (BMPs other than 24/32-bit: an 8-bit palette
+    BMP would decode as grey palette indices) and images of more than
+    max_pixels pixels (decompression bombs; None: no limit).
     """
     try:
         size = os.path.getsize(path)
         if size == 0:
             return "empty file"
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(34)
             f.seek(max(0, size - 4096))
             tail = f.read()
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
+    problem = _byte_problem(head, tail, size)
+    return problem or _header_problem(path, max_pixels)
+
+
+def _byte_problem(head: bytes, tail: bytes, size: int) -> str | None:
     if head.startswith(b"\xff\xd8\xff"):
         # The end-of-image marker; trailing padding after it is tolerated.
         return None if b"\xff\xd9" in tail else "truncated JPEG"
@@ -171,18 +185,37 @@ def image_problem(path: str | os.PathLike) -> str | None:
         return None if tail.rstrip(b"\x00").endswith(b";") else "truncated GIF"
     if head.startswith(b"BM"):
         declared = int.from_bytes(head[2:6], "little")
+        bits, compression = int.from_bytes(head[28:30], "little"), int.from_bytes(head[30:34], "little")
+        if bits not in (24, 32) or compression not in (0, 3):
+            return f"unsupported BMP ({bits}-bit{', compressed' if compression not in (0, 3) else ''})"
         return None if declared <= size else "truncated BMP"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "unsupported format (WebP)"
     return "not an image"
 
 
-def image_problems(paths: list[str], workers: int = 8) -> list[str | None]:
+def _header_problem(path, max_pixels: int | None) -> str | None:
+    """The header, read by PIL without decoding the pixels: dimensions and sanity."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return "too large (decompression bomb)"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"cannot be decoded ({str(exc)[:60]})"
+    if max_pixels is not None and width * height > max_pixels:
+        return f"too large ({width}x{height} pixels, limit {max_pixels:,}; see --max-pixels)"
+    return None
+
+
+def image_problems(paths: list[str], max_pixels: int | None = MAX_PIXELS, workers: int = 8) -> list[str | None]:
     """`image_problem` for many files, on a few threads (the reads release the GIL)."""
     if len(paths) < 256:
-        return [image_problem(p) for p in paths]
+        return [image_problem(p, max_pixels) for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(image_problem, paths, chunksize=64))
+        return list(pool.map(image_problem, paths, [max_pixels] * len(paths), chunksize=64))
 
 
 # --------------------------------------------------------------------- helpers
@@ -197,26 +230,51 @@ def _read_text(path: Path) -> str:
         return raw.decode("latin-1")
 
 
-def _read_csv(path: Path, dropped: DropReport, **kwargs) -> pd.DataFrame:
-    """read_csv that counts malformed lines instead of failing or skipping silently."""
+def _csv_rows(text: str, sep: str, dropped: DropReport) -> tuple[list[str] | None, list[list[str]]]:
+    """(header, rows) of a CSV text; every line is in a row, blank, or counted as dropped.
 
-    def bad_line(fields):
-        dropped.add(UNPARSEABLE, ",".join(fields)[:120])
-        return None
+    A quote that is never closed would swallow the following lines into one
+    field (up to the end of the file or to the next quote); here only its own
+    line is dropped and reading goes on from the next line. A quoted field may
+    still span lines when the row it makes has the header's width (a plot summary).
+    """
+    lines = text.splitlines(keepends=True)
+    header, rows, start = None, [], 0
+    while start < len(lines):
+        reader = csv.reader(lines[start:], delimiter=sep, strict=True)
+        done = 0  # lines of lines[start:] consumed by the rows read so far
+        try:
+            for fields in reader:
+                first, spanned, done = start + done, reader.line_num - done, reader.line_num
+                if not fields or (fields == [""] and spanned == 1):
+                    continue
+                if header is None:
+                    header = [f.strip() for f in fields]
+                elif len(fields) == len(header):
+                    rows.append(fields)
+                elif spanned > 1:
+                    raise csv.Error("a quote opened here is never closed")
+                else:
+                    dropped.add(f"{WRONG_FIELDS} (expected {len(header)})",
+                                f"line {first + 1}: {len(fields)} fields: {sep.join(fields)[:80]!r}")
+            return header, rows
+        except csv.Error as exc:
+            first = start + done
+            dropped.add(UNCLOSED_QUOTE, f"line {first + 1} ({exc}): {lines[first][:80].rstrip()!r}")
+            start = first + 1
+    return header, rows
 
-    try:
-        return pd.read_csv(
-            io.StringIO(_read_text(path)),
-            dtype=str,
-            keep_default_na=False,
-            engine="python",
-            on_bad_lines=bad_line,
-            **kwargs,
-        )
-    except (pd.errors.ParserError, csv.Error) as exc:
-        raise GenreclsError(f"cannot parse {path}: {exc}") from None
-    except pd.errors.EmptyDataError:
-        raise GenreclsError(f"{path} is empty") from None
+
+def _read_csv(path: Path, dropped: DropReport, sep: str = ",") -> pd.DataFrame:
+    """A table of strings; a row with the wrong number of fields is counted, never shifted into other columns."""
+    if not isinstance(sep, str) or len(sep) != 1 or sep in "\"\r\n":
+        raise GenreclsError(f"the CSV delimiter must be one character (not a quote or newline), not {sep!r}")
+    header, rows = _csv_rows(_read_text(path), sep, dropped)
+    if header is None:
+        raise GenreclsError(f"{path} is empty")
+    if len(set(header)) != len(header):
+        raise GenreclsError(f"{path} repeats a column name in its header: {header}")
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
@@ -369,17 +427,26 @@ def load_dataset(
     *,
     genre_sep: str = "|",
     check_images: bool = True,
+    max_pixels: int = MAX_PIXELS,
     **csv_options,
 ) -> PosterTable:
     """Read a dataset folder into a `PosterTable`.
 
     format: one of FORMATS, or None to detect it from the files present.
     genre_sep: separator inside a genre string ("|" in every known format).
-    check_images: sniff each poster's bytes and drop empty, truncated and
-        non-image files (counted), so training never meets them.
+    check_images: sniff each poster's bytes and header and drop empty,
+        truncated, undecodable and non-image files and those above max_pixels
+        pixels (counted), so training never meets them.
+    The same poster file reached by several rows (posters/1.jpg,
+    ./posters/1.jpg, a link) is kept once and the others counted, so one
+    poster can never land in two split parts.
     csv_options: for format "csv": csv_file, path_column, genres_column,
         id_column, title_column, delimiter.
     """
+    if not isinstance(genre_sep, str) or not genre_sep or genre_sep.isspace() or "\x00" in genre_sep:
+        raise GenreclsError(f"--genre-sep must be a visible separator such as '|', not {genre_sep!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise GenreclsError(f"--max-pixels must be a positive integer, not {max_pixels!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise GenreclsError(f"dataset folder {root} does not exist")
@@ -395,6 +462,7 @@ def load_dataset(
 
     dropped = DropReport()
     seen: set[str] = set()
+    files: dict[tuple, str] = {}  # (device, inode) -> the id that has that poster file
     rows = []
     for movie_id, title, rel, genres in READERS[fmt](root, dropped, genre_sep=genre_sep, **csv_options):
         label = f"{movie_id} ({title})" if title else movie_id
@@ -415,9 +483,18 @@ def load_dataset(
         if full is None:
             dropped.add(OUTSIDE_FOLDER, f"{label}: {rel}")
             continue
-        if not os.path.isfile(full):
+        try:
+            stat = os.stat(full)
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             dropped.add(NO_POSTER, f"{label}: {rel}")
             continue
+        identity = (stat.st_dev, stat.st_ino)
+        if identity in files:
+            dropped.add(SAME_FILE, f"{label}: {rel} is {files[identity]}'s poster")
+            continue
+        files[identity] = movie_id
         rows.append((movie_id, title, full, genres))
 
     if dropped.counts[MALFORMED_GENRES] > len(rows):
@@ -429,7 +506,7 @@ def load_dataset(
     frame["genres"] = merge_case_variants(list(frame["genres"]))
 
     if check_images and len(frame):
-        problems = image_problems(list(frame["path"]))
+        problems = image_problems(list(frame["path"]), max_pixels)
         keep = []
         for path, problem in zip(frame["path"], problems):
             if problem:
@@ -450,6 +527,7 @@ def summarize(table: PosterTable) -> dict:
     return {
         "root": str(table.root),
         "format": table.format,
+        "records": n + table.dropped.total,  # rows of the table (movies for long-form tables): loaded + dropped
         "posters": n,
         "genres": len(counts),
         "genre_counts": dict(counts.most_common()),
@@ -463,6 +541,8 @@ def format_summary(summary: dict) -> str:
     """The summary as the text `genrecls summary` prints."""
     lines = [
         f"dataset   {summary['root']} ({summary['format']})",
+        f"records   {summary['records']:,} read: {summary['posters']:,} posters loaded, "
+        f"{summary['dropped']['total']:,} dropped",
         f"posters   {summary['posters']:,}",
         f"genres    {summary['genres']}",
         f"multi     {summary['multi_genre']:,} posters have 2+ genres "

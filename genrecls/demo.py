@@ -9,14 +9,17 @@ something to find. Deterministic for a seed; written in the `csv` format.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from genrecls import __version__
 from genrecls.errors import GenreclsError
 
+MARKER = "demo.json"  # genrecls's claim on a demo folder: the files it wrote
 WIDTH, HEIGHT = 96, 144  # 2:3, a poster's shape
 
 # genre -> (background RGB, pattern RGB, pattern name)
@@ -76,13 +79,44 @@ def draw_poster(genres: list[str], rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _claim(out: Path) -> None:
+    """A new or empty folder, or a demo set genrecls wrote there before (whose files it then removes).
+
+    Refuses anything else, so demo posters never mix with a user's dataset.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise GenreclsError(f"{out} is a file or a link; name a new folder for the demo dataset")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        ours = set(marker["files"]) if marker.get("kind") == "demo" and "genrecls" in marker else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ours = None
+    if ours is None:
+        raise GenreclsError(f"{out} already holds files genrecls did not write (no demo {MARKER}); "
+                            "name a new or empty folder for the demo dataset")
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()}
+    foreign = sorted(present - ours - {MARKER})
+    if foreign:
+        raise GenreclsError(f"{out} holds files the demo did not write ({', '.join(foreign[:3])}); "
+                            "move them or name another folder")
+    for name in ours & present:
+        (out / name).unlink()
+
+
 def make_demo_dataset(
     out: str | os.PathLike, per_genre: int = 60, seed: int = 0, multi_share: float = 0.25
 ) -> Path:
-    """Write posters/<id>.jpg and labels.csv (path, genres, title) under `out`."""
+    """Write posters/<id>.jpg, labels.csv (path, genres, title) and the demo marker under `out`.
+
+    Rewriting a demo set genrecls made is allowed (make demo does it every time); a
+    folder with anything else in it is refused.
+    """
     if per_genre < 10:
         raise GenreclsError("--per-genre must be at least 10 so every split gets every genre")
     out = Path(out)
+    _claim(out)
     posters = out / "posters"
     posters.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -100,4 +134,7 @@ def make_demo_dataset(
         writer = csv.writer(f)
         writer.writerow(["path", "genres", "title"])
         writer.writerows(rows)
+    files = ["labels.csv"] + [path for path, _, _ in rows]
+    (out / MARKER).write_text(json.dumps({"kind": "demo", "genrecls": __version__, "seed": seed,
+                                          "per_genre": per_genre, "files": files}, indent=1), encoding="utf-8")
     return out

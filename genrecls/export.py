@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +27,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from genrecls import __version__
 from genrecls.config import DEFAULT_THRESHOLD
 from genrecls.datasets import POSTER_EXTENSIONS, image_problem
 from genrecls.errors import GenreclsError
 from genrecls.modes import get_mode
 from genrecls.pipeline import decode_image
 from genrecls.policies import Policy
-from genrecls.runs import RunFolder
+from genrecls.runs import MARKER, RunFolder
 
 log = logging.getLogger(__name__)
 METADATA = "metadata.json"
+OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")  # reported, never decoded
 
 
 def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
@@ -50,8 +53,36 @@ def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
     meta = {
         "genres": genres, "thresholds": list(policy.thresholds), "policy": policy.to_json(genres),
         "mode": cfg.mode, "image_size": cfg.image_size, "resize": cfg.resize, "backbone": cfg.backbone,
+        "genrecls": __version__,
     }
     return policy, meta
+
+
+def _ours(metadata: Path) -> bool:
+    try:
+        return "genrecls" in json.loads(metadata.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def claim_export(out: Path, format: str) -> None:
+    """Where an export may be written: a new path, or an earlier export of genrecls's (then replaced).
+
+    A user's file or folder is refused; genrecls never overwrites what it did not write.
+    """
+    if format == "tflite":
+        if out.is_dir() or out.is_symlink() or (out.exists() and not _ours(out.with_suffix(".json"))):
+            raise GenreclsError(f"{out} already exists and is not a LiteRT export of genrecls's; name a new file")
+        if not out.parent.is_dir():
+            raise GenreclsError(f"the folder of {out} is missing; create it first")
+        return
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise GenreclsError(f"{out} is a file or a link; name a new folder for the export")
+    if out.is_dir() and any(out.iterdir()):
+        if not _ours(out / METADATA):
+            raise GenreclsError(f"{out} already holds files genrecls did not write; name a new folder for "
+                                "the export (genrecls never overwrites what it did not create)")
+        shutil.rmtree(out)
 
 
 def _decisions(probabilities, genres, policy: Policy) -> dict:
@@ -63,14 +94,15 @@ def _decisions(probabilities, genres, policy: Policy) -> dict:
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, format: str = "saved_model") -> Path:
     """Write the run's model as a SavedModel serving bytes (or a .tflite of the pixel model)."""
+    if format not in ("saved_model", "tflite"):
+        raise GenreclsError(f"export format must be saved_model or tflite, not {format!r}")
     folder = RunFolder.open(run)
+    out = Path(out) if out else folder / ("model.tflite" if format == "tflite" else "export")
+    claim_export(out, format)
     policy, meta = run_policy(folder)
     model = folder.load_model()
     if format == "tflite":
-        return _export_tflite(model, meta, Path(out) if out else folder / "model.tflite")
-    if format != "saved_model":
-        raise GenreclsError(f"export format must be saved_model or tflite, not {format!r}")
-    out = Path(out) if out else folder / "export"
+        return _export_tflite(model, meta, out)
     size, resize = meta["image_size"], meta["resize"]
     genres = tf.constant(meta["genres"])
     thresholds = tf.constant(meta["thresholds"], tf.float32)
@@ -123,7 +155,12 @@ class Predictor:
     def load(cls, source: str | os.PathLike) -> "Predictor":
         source = Path(source)
         if (source / "saved_model.pb").exists():
-            serve = tf.saved_model.load(str(source)).signatures
+            try:
+                serve = tf.saved_model.load(str(source)).signatures
+                serve["serving_default"], serve["metadata"]
+            except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
+                raise GenreclsError(f"{source} is not a usable genrecls export ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:150]}); export the run again") from None
 
             def from_export(images):
                 out = serve["serving_default"](images=tf.constant(images))
@@ -131,8 +168,8 @@ class Predictor:
 
             genres = [g.decode() for g in serve["metadata"]()["genres"].numpy()]
             return cls(from_export, genres)
-        if RunFolder(source).is_run:
-            folder = RunFolder.open(source)
+        if RunFolder(source).is_run or (source / MARKER).exists():
+            folder = RunFolder.open(source)  # names a damaged marker
             policy, meta = run_policy(folder)
             model = folder.load_model()
 
@@ -146,11 +183,15 @@ class Predictor:
 
 
 def expand_inputs(paths: list) -> list[Path]:
-    """Files as given; folders become the image files directly inside them."""
+    """Files as given; folders become the image files directly inside them.
+
+    Images in formats the model cannot read (WebP, TIFF, ...) are kept, so each gets its own error
+    line instead of vanishing from the output.
+    """
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in POSTER_EXTENSIONS)
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in POSTER_EXTENSIONS + OTHER_IMAGE_EXTENSIONS)
         else:
             files.append(p)
     if not files:

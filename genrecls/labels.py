@@ -107,10 +107,20 @@ class GenreVocabulary:
             json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
 
     @classmethod
+    def from_json(cls, doc) -> "GenreVocabulary":
+        """The vocabulary a run saved, checked: distinct non-empty names, at least two columns."""
+        genres, other = (doc.get("genres"), doc.get("other")) if isinstance(doc, dict) else (doc, None)
+        names = list(genres) + [other] if isinstance(genres, list) and other is not None else genres
+        if not isinstance(names, list) or not all(isinstance(g, str) and g.strip() for g in names):
+            raise GenreclsError("genres must be a list of genre names")
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise GenreclsError(f"genres must be at least two distinct names, not {names}")
+        return cls(tuple(genres), other)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "GenreVocabulary":
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return cls(tuple(data["genres"]), data.get("other"))
+            return cls.from_json(json.load(f))
 
 
 def keep_labelled(Y: np.ndarray) -> np.ndarray:

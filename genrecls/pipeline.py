@@ -83,8 +83,10 @@ def _cache_file(prefix: str, paths, labels, image_size: int, resize: str) -> str
 
 
 def readable(paths: list[str]) -> np.ndarray:
-    """Boolean mask of files that look decodable; logs one warning naming the rest."""
-    problems = image_problems(paths)
+    """Boolean mask of files that look decodable; logs one warning naming the rest.
+
+    No pixel limit here: a table's posters were checked against the run's --max-pixels when loaded."""
+    problems = image_problems(paths, max_pixels=None)
     bad = [(p, why) for p, why in zip(paths, problems) if why]
     if bad:
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])

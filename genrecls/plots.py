@@ -9,6 +9,38 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 
+from genrecls.errors import GenreclsError  # noqa: E402
+
+SOFTWARE = "genrecls"  # the PNG Software tag that proves genrecls wrote a plot
+
+
+def _save(fig, path, dpi: int) -> None:
+    fig.savefig(path, dpi=dpi, format="png", metadata={"Software": SOFTWARE})
+    plt.close(fig)
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A plot path a user named: a .png in an existing folder, and never a file genrecls did not write."""
+    from PIL import Image
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise GenreclsError(f"--plot {path} is a folder; name the .png file to write")
+    if os.path.splitext(path)[1].lower() != ".png":
+        raise GenreclsError(f"--plot {path} must end in .png (the plot is written as PNG)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise GenreclsError(f"--plot {path}: the folder {parent} is missing; create it first")
+    if os.path.lexists(path):
+        try:
+            with Image.open(path) as image:
+                ours = image.info.get("Software") == SOFTWARE
+        except (OSError, SyntaxError, ValueError):
+            ours = False
+        if os.path.islink(path) or not ours:
+            raise GenreclsError(f"--plot {path} already exists and genrecls did not write it; "
+                                "name a new file (genrecls never overwrites files it did not create)")
+
 
 def plot_genre_distribution(genre_counts: dict, path: str | os.PathLike, title: str = "Genre distribution") -> None:
     """Horizontal bar chart of posters per genre, largest on top (report 000)."""
@@ -21,8 +53,7 @@ def plot_genre_distribution(genre_counts: dict, path: str | os.PathLike, title: 
     ax.set_title(title)
     ax.margins(x=0.12)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
 def _grid(n: int, cols: int = 4, size: float = 2.6):
@@ -51,8 +82,7 @@ def plot_training_curves(history, path: str | os.PathLike) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
 def plot_f1_against_random(report: dict, path: str | os.PathLike) -> None:
@@ -71,8 +101,7 @@ def plot_f1_against_random(report: dict, path: str | os.PathLike) -> None:
     ax.set_title("Per-genre F1 against the random-guess baseline")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
 def plot_precision_recall(y_true, probabilities, names, path: str | os.PathLike) -> None:
@@ -90,8 +119,7 @@ def plot_precision_recall(y_true, probabilities, names, path: str | os.PathLike)
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
 def plot_confusion_matrices(report: dict, path: str | os.PathLike) -> None:
@@ -111,8 +139,7 @@ def plot_confusion_matrices(report: dict, path: str | os.PathLike) -> None:
         ax.set_ylabel("true", fontsize=7)
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
 def plot_reliability(y_true, probabilities, names, path: str | os.PathLike, bins: int = 10) -> None:
@@ -133,5 +160,4 @@ def plot_reliability(y_true, probabilities, names, path: str | os.PathLike, bins
     fig.supxlabel("predicted probability", fontsize=8)
     fig.supylabel("observed frequency", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)

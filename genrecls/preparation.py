@@ -53,7 +53,8 @@ class PreparedData:
 
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
     """Load the table, fit (or reuse) the vocabulary, encode, and split with the config's seed."""
-    table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, **cfg.csv_options)
+    table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
+                                  **cfg.csv_options)
     genre_lists = list(table.frame["genres"])
     vocab = vocab or GenreVocabulary.fit(
         genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres

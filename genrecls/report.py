@@ -187,6 +187,9 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
     return "\n".join(lines)
 
 
+COMPARISON_HEAD = "<!-- written by genrecls compare -->\n"
+
+
 def compare_runs(runs: list, out: str | os.PathLike | None = None) -> pd.DataFrame:
     """Side-by-side per-genre F1 of several runs (report 002's table 4)."""
     if len(runs) < 2:
@@ -201,9 +204,16 @@ def compare_runs(runs: list, out: str | os.PathLike | None = None) -> pd.DataFra
     table = pd.DataFrame(columns)
     if out:
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise GenreclsError(f"--out {out} is a file; name a folder for comparison.md and comparison.csv")
+        md = out / "comparison.md"
+        if md.exists() and not md.read_text(encoding="utf-8", errors="replace").startswith(COMPARISON_HEAD):
+            raise GenreclsError(f"{md} exists and genrecls did not write it; name another --out folder")
+        if (out / "comparison.csv").exists() and not md.exists():
+            raise GenreclsError(f"{out / 'comparison.csv'} exists and genrecls did not write it; name another --out")
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "comparison.csv", index_label="genre")
-        (out / "comparison.md").write_text(_markdown(table))
+        md.write_text(COMPARISON_HEAD + _markdown(table), encoding="utf-8")
     return table
 
 

@@ -54,13 +54,23 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def _read_json(path: Path, what: str):
+def damaged(path: Path, what: str, problem) -> GenreclsError:
+    """The one wording for a run file genrecls cannot use: which file, what is wrong, what to do."""
+    return GenreclsError(f"{path} ({what}) is damaged: {problem}; restore it, or train the run again "
+                         "into a new --out (or with --overwrite)")
+
+
+def _read_json(path: Path, what: str, expect: type | None = dict):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GenreclsError(f"{path.parent} has no {path.name} ({what}); is it a finished genrecls run?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GenreclsError(f"{path} ({what}) is damaged: {exc}") from None
+        raise damaged(path, what, exc) from None
+    if expect is not None and not isinstance(doc, expect):
+        raise damaged(path, what, f"expected a JSON {'object' if expect is dict else expect.__name__}, "
+                                  f"found {type(doc).__name__}")
+    return doc
 
 
 def _write_json(path: Path, doc) -> None:
@@ -77,6 +87,24 @@ def save_keras(model, path: Path) -> Path:
     return path
 
 
+def load_keras(path: Path):
+    """A saved Keras model in safe mode (nothing is unpickled); a damaged file is named, not a traceback."""
+    import zipfile
+
+    import keras
+
+    import genrecls.components  # noqa: F401  (registers the layers a run's model may hold)
+
+    if not zipfile.is_zipfile(path):
+        raise damaged(path, "a Keras model", "not a .keras archive")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except ValueError as exc:  # e.g. a Lambda layer, which safe mode refuses to unpickle
+        raise GenreclsError(f"refusing to load {path}: {str(exc).splitlines()[0][:300]}") from None
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise damaged(path, "a Keras model", str(exc)[:200]) from None
+
+
 def member_slug(j: int, genre: str) -> str:
     return f"{j:02d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', genre)}"
 
@@ -86,6 +114,20 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.created = None  # claim(): True when it made the folder, False when it took an empty one
+
+    def release(self) -> None:
+        """Undo a fresh claim whose run failed before saving any progress (no checkpoint yet).
+
+        Only what this claim wrote goes: the folder if it made it, else its contents.
+        """
+        if self.created is None or (self.checkpoints.is_dir() and any(self.checkpoints.iterdir())):
+            return
+        if self.created:
+            shutil.rmtree(self.path)
+        else:
+            for child in self.path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -118,6 +160,9 @@ class RunFolder:
     def marker(self) -> dict:
         if self.is_legacy:
             return {"kind": "run", "finished": True, "legacy": True}
+        if (self.path / MARKER).exists() and not self.is_genrecls:
+            raise GenreclsError(f"{self.path / MARKER} is damaged or not genrecls's own marker, so genrecls "
+                                "will neither read nor replace this folder; choose another folder")
         return _read_json(self.path / MARKER, "the run marker")
 
     @classmethod
@@ -133,6 +178,8 @@ class RunFolder:
         if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
             raise GenreclsError(f"{run.path} is a file or a link, not a run folder; choose another --out")
         occupied = run.path.is_dir() and any(run.path.iterdir())
+        if occupied and (run.path / MARKER).exists():
+            run.marker()  # refuses a damaged or foreign marker, naming it
         if occupied and not run.is_genrecls:
             raise GenreclsError(f"{run.path} already holds files genrecls did not write; "
                                 "choose another --out (genrecls never deletes folders it did not create)")
@@ -144,6 +191,8 @@ class RunFolder:
             occupied = False
         if occupied:
             saved = _read_json(run.path / SETTINGS[kind], "settings")
+            if kind == "run":
+                run.load_config()  # names a damaged config.json rather than calling it "other settings"
             saved.pop("versions", None)
             if run.marker().get("finished"):
                 raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
@@ -153,6 +202,7 @@ class RunFolder:
                                     f"({', '.join(changed)}); pass --overwrite or another --out")
             print(f"resuming the unfinished {kind} in {run.path}", flush=True)
         else:
+            run.created = not run.path.exists()
             run.path.mkdir(parents=True, exist_ok=True)
             _write_json(run.path / MARKER, {"kind": kind, "genrecls": __version__, "created": _now(),
                                             "finished": False})
@@ -178,7 +228,7 @@ class RunFolder:
         run = cls(path)
         if not run.path.is_dir():
             raise GenreclsError(f"run folder {run.path} does not exist")
-        if not run.is_run:
+        if not run.is_run and not (run.path / MARKER).exists():
             raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
         marker = run.marker()
         if marker.get("kind") != "run":
@@ -197,11 +247,15 @@ class RunFolder:
 
     # ------------------------------------------------------------- parts
 
-    def load_config(self, data: str | None = None) -> TrainConfig:
-        doc = _read_json(self.path / CONFIG, "settings")
+    def load_config(self, data: str | None = None, kind: str = "run") -> TrainConfig:
+        path = self.path / SETTINGS[kind]
+        doc = _read_json(path, "settings")
         if data:
             doc["data"] = data
-        return TrainConfig.from_json(doc)
+        try:
+            return TrainConfig.from_json(doc)
+        except GenreclsError as exc:
+            raise damaged(path, "settings", exc) from None
 
     def save_config(self, cfg: TrainConfig, versions: dict | None = None) -> None:
         _write_json(self.path / CONFIG, {**cfg.to_json(), **({"versions": versions} if versions else {})})
@@ -210,17 +264,21 @@ class RunFolder:
         vocab.save(self.path / GENRES)
 
     def load_vocab(self) -> GenreVocabulary:
-        if not (self.path / GENRES).is_file():
-            raise GenreclsError(f"{self.path} has no {GENRES}; is it a finished genrecls run?")
-        return GenreVocabulary.load(self.path / GENRES)
+        path = self.path / GENRES
+        doc = _read_json(path, "the genre vocabulary")
+        try:
+            return GenreVocabulary.from_json(doc)
+        except GenreclsError as exc:
+            raise damaged(path, "the genre vocabulary", exc) from None
 
     def save_split(self, ids_by_part: dict) -> None:
         _write_json(self.path / SPLIT, {part: list(ids_by_part[part]) for part in SPLITS})
 
     def load_split(self) -> dict:
         doc = _read_json(self.path / SPLIT, "the split")
-        if not isinstance(doc, dict) or not all(isinstance(doc.get(p), list) for p in SPLITS):
-            raise GenreclsError(f"{self.path / SPLIT} is damaged: it needs lists of ids for {', '.join(SPLITS)}")
+        bad = [p for p in SPLITS if not (isinstance(doc.get(p), list) and all(isinstance(i, str) for i in doc[p]))]
+        if bad:
+            raise damaged(self.path / SPLIT, "the split", f"no list of movie ids for {', '.join(bad)}")
         return doc
 
     def save_policy(self, policy, genres) -> None:
@@ -230,9 +288,14 @@ class RunFolder:
         """The saved decision policy, or None when the run was never evaluated."""
         from genrecls.policies import Policy
 
-        if not (self.path / POLICY).is_file():
+        path = self.path / POLICY
+        if not path.is_file():
             return None
-        return Policy.from_json(_read_json(self.path / POLICY, "the decision policy"), genres)
+        try:
+            return Policy.from_json(_read_json(path, "the decision policy"), genres)
+        except GenreclsError as exc:
+            raise GenreclsError(f"{path} (the decision policy) is damaged: {exc}; "
+                                "run 'genrecls evaluate' on the run to choose it again") from None
 
     def save_metrics(self, report: dict) -> None:
         """The only writer of metrics.json (schema in the README)."""
@@ -272,19 +335,16 @@ class RunFolder:
         return self.path / HISTORY
 
     def load_model(self):
-        """The trained model (safe mode: nothing is unpickled)."""
-        import keras
-
-        import genrecls.components  # noqa: F401  (registers the layers a run's model may hold)
-
+        """The trained model (safe mode: nothing is unpickled), checked against the genre vocabulary."""
+        genres = self.load_vocab().names
         for candidate in (self.model_path, self.combined_path):
             if candidate.exists():
-                try:
-                    return keras.models.load_model(candidate, safe_mode=True)
-                except ValueError as exc:  # e.g. a Lambda layer, which safe mode refuses to unpickle
-                    raise GenreclsError(f"refusing to load {candidate}: {str(exc).splitlines()[0][:300]}") from None
-                except (OSError, KeyError) as exc:
-                    raise GenreclsError(f"{candidate} is damaged: {str(exc)[:200]}") from None
+                model = load_keras(candidate)
+                outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+                if outputs != len(genres):
+                    raise damaged(self.path / GENRES, "the genre vocabulary",
+                                  f"it names {len(genres)} genres but {candidate.name} predicts {outputs}")
+                return model
         raise GenreclsError(f"{self.path} holds no {MODEL} or {OVA}/{COMBINED}; is it a run folder?")
 
     def save_model(self, model, members: bool = False) -> Path:

@@ -21,12 +21,13 @@ import tensorflow as tf
 
 from genrecls import __version__, calibration
 from genrecls.config import TrainConfig
+from genrecls.errors import GenreclsError
 from genrecls.datasets import PosterTable
 from genrecls.labels import Split, class_weights, oversample, ova_subset, positive_weights, undersample
 from genrecls.models import build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone, steps
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
-from genrecls.runs import RunFolder, member_slug, save_keras
+from genrecls.runs import RunFolder, load_keras, member_slug, save_keras
 
 BALANCING = {"undersample": undersample, "oversample": oversample}
 
@@ -110,13 +111,22 @@ class Trainer:
         cfg = self.cfg
         started = time.time()
         keras.utils.set_random_seed(cfg.seed)
-        data = prepare_data(cfg, table)  # a data mistake fails here, before any folder is claimed
+        # Mistakes in the data, the weights or the cache path fail here, before any folder is claimed.
+        data = prepare_data(cfg, table)
+        check_cache(cfg.cache)
+        backbone, trainable = new_backbone(cfg)
         self.folder = folder = RunFolder.claim(self.out, cfg, self.overwrite, versions=versions())
+        try:
+            return self._run(folder, data, backbone, trainable, started)
+        except GenreclsError:
+            folder.release()  # a run that failed before its first epoch leaves nothing to --overwrite
+            raise
+
+    def _run(self, folder: RunFolder, data: PreparedData, backbone, trainable, started: float) -> RunFolder:
+        cfg = self.cfg
         folder.save_vocab(data.vocab)
         folder.save_split(data.split_ids())
         T = data.targets(cfg.mode)
-
-        backbone, trainable = new_backbone(cfg)
         use_features = trainable == "frozen" and not cfg.augment and cfg.cache_features
         inputs = Inputs(cfg, data.paths, backbone if use_features else None)
         split = Split(*(inputs.usable(getattr(data.split, p)) for p in ("train", "val", "test")))
@@ -188,7 +198,7 @@ class Trainer:
         cfg, path = self.cfg, self.folder.trunk_path
         if path.exists():
             print(f"shared trunk already trained, loading {path.name}", flush=True)
-            trunk = keras.models.load_model(path)
+            trunk = load_keras(path)
         else:
             print("training the shared trunk on all genres", flush=True)
             mode = get_mode("multilabel")
@@ -218,7 +228,7 @@ class Trainer:
             path = self.folder.member_path(j, genre)
             if path.exists():  # finished before an interruption
                 print(f"[{j + 1}/{T.shape[1]}] {genre}: already trained, loading {path.name}", flush=True)
-                members.append(keras.models.load_model(path))
+                members.append(load_keras(path))
             else:
                 print(f"[{j + 1}/{T.shape[1]}] training the {genre} member", flush=True)
                 member = self._train_member(j, genre, backbone, inputs, use_features,
@@ -250,6 +260,13 @@ class Trainer:
             cfg, self.folder.checkpoints, member_slug(j, genre), weights, self.callbacks)
         # on a shared frozen backbone a member is its head (the combined model runs the backbone once)
         return built.head if backbone[1] == "frozen" else built.full
+
+
+def check_cache(cache: str | None) -> None:
+    """--cache names memory or a file prefix in an existing folder."""
+    if cache and cache != "memory" and not os.path.isdir(os.path.dirname(os.path.abspath(cache))):
+        raise GenreclsError(f"--cache {cache}: the folder {os.path.dirname(os.path.abspath(cache))} is missing; "
+                            "create it or use --cache memory")
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, table: PosterTable | None = None,

@@ -1,0 +1,214 @@
+"""Bad input at every boundary, tried as a new user would (issue #12).
+
+Each case runs `genrecls.cli.main` in-process and checks that the user gets
+one line `genrecls: error: ...` naming the problem, exit status 1, no
+traceback, and that every file the user had is still there, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from genrecls.cli import main
+from tests.helpers import write_image
+
+GENRES = ["Action", "Comedy", "Drama"]
+
+
+def _dataset(root: Path, n: int = 36) -> Path:
+    """A csv-format dataset: n posters, one or two genres each."""
+    rows = ["path,genres"]
+    for i in range(n):
+        write_image(root / "posters" / f"{i}.jpg", color=(40 * (i % 3), 90, 200 - 30 * (i % 3)))
+        genres = GENRES[i % 3] + ("|" + GENRES[(i + 1) % 3] if i % 4 == 0 else "")
+        rows.append(f"posters/{i}.jpg,{genres}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every file under roots with its bytes (a link is recorded as its target)."""
+    out = {}
+    for root in roots:
+        paths = [root] if root.is_file() else sorted(root.rglob("*"))
+        for p in paths:
+            if p.is_symlink():
+                out[str(p)] = ("link", str(p.readlink()))
+            elif p.is_file():
+                out[str(p)] = p.read_bytes()
+    return out
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_runs):
+    data = _dataset(tmp_path / "data")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("my notes\n")
+    (user / "thesis.pdf").write_bytes(b"%PDF-1.4 precious")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("a user's file\n")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["multilabel"], run)
+    poster = data / "posters" / "0.jpg"
+    return {"tmp": tmp_path, "data": data, "user": user, "afile": afile, "run": run, "poster": poster}
+
+
+def fails_cleanly(argv, capsys, *expected) -> str:
+    """Run the command; assert exit 1, one error line naming `expected`, no traceback."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit:  # pragma: no cover - a failure here is the bug being tested
+        code = exit.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("genrecls: error:")]
+    assert code == 1 and len(lines) == 1, f"exit {code}: {err[-2000:]}"
+    for text in expected:
+        assert text.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------ options refused where they enter
+
+TRAIN = ["train", "{data}", "--epochs", "1", "--backbone", "simple", "--image-size", "16", "--out", "{tmp}/out"]
+OPTION_CASES = {
+    "learning rate negative": (TRAIN + ["--learning-rate", "-1"], "--learning-rate"),
+    "learning rate nan": (TRAIN + ["--learning-rate", "nan"], "--learning-rate"),
+    "top-k negative": (TRAIN + ["--top-k", "-1"], "--top-k"),
+    "image size zero": (TRAIN + ["--image-size", "0"], "--image-size"),
+    "seed negative": (TRAIN + ["--seed", "-1"], "--seed"),
+    "dropout inf": (TRAIN + ["--dropout", "inf"], "--dropout"),
+    "epochs not a number": (TRAIN + ["--epochs", "1.5"], "--epochs"),
+    "empty genre separator": (TRAIN + ["--genre-sep", ""], "genre-sep"),
+    "summary empty genre separator": (["summary", "{data}", "--genre-sep", ""], "genre-sep"),
+    "cache in a missing folder": (TRAIN + ["--cache", "{tmp}/missing/cache"], "cache", "missing"),
+    "predict top-k negative": (["predict", "{run}", "{poster}", "--top-k", "-1"], "--top-k"),
+    "evaluate threshold nan": (["evaluate", "{run}", "--threshold", "nan"], "--threshold"),
+    "evaluate threshold above one": (["evaluate", "{run}", "--threshold", "1.5"], "--threshold"),
+    "unknown mode": (TRAIN + ["--mode", "fuzzy"], "--mode"),
+    "demo-data per-genre zero": (["demo-data", "{tmp}/demo", "--per-genre", "0"], "--per-genre"),
+    "max pixels zero": (["summary", "{data}", "--max-pixels", "0"], "--max-pixels"),
+}
+
+
+def _fill(argv, ctx):
+    return [a.format(**ctx) if isinstance(a, str) else a for a in argv]
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_options_are_one_line_errors(case, ctx, capsys):
+    argv, *expected = OPTION_CASES[case]
+    before = snapshot(ctx["data"], ctx["user"], ctx["run"])
+    fails_cleanly(_fill(argv, ctx), capsys, *expected)
+    assert snapshot(ctx["data"], ctx["user"], ctx["run"]) == before
+    assert not (ctx["tmp"] / "out").exists()
+
+
+# ------------------------------------------------ never touch what genrecls did not write
+
+PROTECTED_CASES = {
+    "overwrite a user folder": (TRAIN[:-1] + ["{user}", "--overwrite"], "did not write"),
+    "overwrite the dataset": (TRAIN[:-1] + ["{data}", "--overwrite"], "{data}"),
+    "train into a file": (TRAIN[:-1] + ["{afile}"], "afile.txt"),
+    "tune into a file": (["tune", "{data}", "--out", "{afile}", "--max-trials", "1"], "afile.txt"),
+    "demo-data into a dataset": (["demo-data", "{data}"], "{data}"),
+    "demo-data into a user folder": (["demo-data", "{user}"], "{user}"),
+    "demo-data into a file": (["demo-data", "{afile}"], "afile.txt"),
+    "export into a file": (["export", "{run}", "--out", "{afile}"], "afile.txt"),
+    "export over a user folder": (["export", "{run}", "--out", "{user}"], "{user}"),
+    "compare into a file": (["compare", "{run}", "{run}", "--out", "{afile}"], "afile.txt"),
+    "summary plot to a folder": (["summary", "{data}", "--plot", "{user}"], "--plot"),
+    "summary plot in a missing folder": (["summary", "{data}", "--plot", "{tmp}/missing/plot.png"], "missing"),
+    "summary plot with a non-image name": (["summary", "{data}", "--plot", "{tmp}/plot.txt"], ".txt"),
+    "summary plot over a user file": (["summary", "{data}", "--plot", "{afile}"], "afile.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROTECTED_CASES))
+def test_user_files_are_never_touched(case, ctx, capsys):
+    argv, *expected = PROTECTED_CASES[case]
+    before = snapshot(ctx["data"], ctx["user"], ctx["afile"], ctx["run"])
+    fails_cleanly(_fill(argv, ctx), capsys, *_fill(expected, ctx))
+    assert snapshot(ctx["data"], ctx["user"], ctx["afile"], ctx["run"]) == before
+
+
+def test_demo_data_regenerates_only_its_own_folder(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    assert main(["demo-data", str(demo), "--per-genre", "10"]) == 0
+    first = snapshot(demo)
+    assert main(["demo-data", str(demo), "--per-genre", "10"]) == 0  # make demo runs it every time
+    assert snapshot(demo) == first
+    (demo / "posters" / "mine.jpg").write_bytes(b"a poster of the user's")
+    fails_cleanly(["demo-data", demo, "--per-genre", "10"], capsys, "mine.jpg")
+    assert (demo / "posters" / "mine.jpg").read_bytes() == b"a poster of the user's"
+
+
+# ------------------------------------------------ damaged run folders
+
+def _truncate(path: Path) -> None:
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+
+
+def _edit_json(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(change(doc)))
+
+
+DAMAGE = {
+    "config truncated": ("config.json", _truncate),
+    "config a list": ("config.json", lambda p: p.write_text("[1, 2]")),
+    "config null": ("config.json", lambda p: p.write_text("null")),
+    "config epochs a string": ("config.json", lambda p: _edit_json(p, lambda d: {**d, "epochs": "1"})),
+    "thresholds not json": ("thresholds.json", lambda p: p.write_text("{not json")),
+    "thresholds lack a genre": ("thresholds.json", lambda p: _edit_json(
+        p, lambda d: {**d, "thresholds": dict(list(d["thresholds"].items())[1:])})),
+    "genres one short": ("genres.json", lambda p: _edit_json(p, lambda d: d[1:] if isinstance(d, list) else {
+        **d, "genres": d["genres"][1:]})),
+    "genres not names": ("genres.json", lambda p: p.write_text("[1, 2, 3]")),
+    "genres repeated": ("genres.json", lambda p: _edit_json(p, lambda d: [d[0]] * len(d) if isinstance(d, list) else {
+        **d, "genres": [d["genres"][0]] * len(d["genres"])})),
+    "split without test": ("split.json", lambda p: _edit_json(p, lambda d: {"train": d["train"], "val": d["val"]})),
+    "model garbage": ("model.keras", lambda p: p.write_bytes(b"not a zip file at all")),
+    "marker garbage": ("run.json", lambda p: p.write_text("{")),
+}
+COMMANDS = {
+    "evaluate": ["evaluate", "{run}"],
+    "predict": ["predict", "{run}", "{poster}"],
+    "export": ["export", "{run}", "--out", "{tmp}/export"],
+}
+# split.json only matters to evaluate; evaluate chooses thresholds.json anew, so it never reads it.
+DAMAGE_CASES = [(d, c) for d in DAMAGE for c in COMMANDS
+                if not (d == "split without test" and c != "evaluate") and not (d.startswith("thresholds") and c == "evaluate")]
+
+
+@pytest.mark.parametrize("damage,command", DAMAGE_CASES)
+def test_damaged_run_files_are_named(damage, command, ctx, capsys):
+    name, change = DAMAGE[damage]
+    change(ctx["run"] / name)
+    line = fails_cleanly(_fill(COMMANDS[command], ctx), capsys, name)
+    assert str(ctx["run"]) in line or name in line
+
+
+@pytest.mark.parametrize("damage", ["config truncated", "config epochs a string", "marker garbage"])
+def test_resuming_a_damaged_run_names_the_file(damage, ctx, capsys):
+    run = ctx["run"]
+    marker = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**marker, "finished": False}))
+    name, change = DAMAGE[damage]
+    change(run / name)
+    before = snapshot(ctx["data"], ctx["user"])
+    fails_cleanly(_fill(TRAIN[:-1], ctx) + [run, "--weights", "none"], capsys, name)
+    assert snapshot(ctx["data"], ctx["user"]) == before and run.is_dir()
+
+
+def test_a_failed_train_leaves_nothing_to_overwrite(ctx, capsys):
+    out = ctx["tmp"] / "out"
+    fails_cleanly(_fill(TRAIN, ctx) + ["--weights", f"{ctx['tmp']}/missing.weights.h5"], capsys, "missing.weights.h5")
+    assert not out.exists() or not any(out.iterdir())
+    # the corrected command needs no --overwrite
+    assert main(_fill(TRAIN, ctx) + ["--weights", "none", "--no-report", "--quiet"]) == 0
