@@ -210,7 +210,7 @@ def cmd_download(args) -> None:
 
     summary = download_posters(args.csv, args.out, url_column=args.url_column, id_column=args.id_column,
                                workers=args.workers, rate=args.rate, retries=args.retries, timeout=args.timeout,
-                               max_bytes=int(args.max_mb * 1024 * 1024))
+                               deadline=args.deadline, max_bytes=int(args.max_mb * 1024 * 1024))
     print(summary)
 
 
@@ -446,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_number(int, 1, 64), default=8, help="parallel downloads [8]")
     p.add_argument("--rate", type=_number(float, 1e-3), help="max requests per second per host [unlimited]")
     p.add_argument("--retries", type=_number(int, 0, 100), default=3, help="retries per URL after the first try [3]")
-    p.add_argument("--timeout", type=_number(float, 0.001, 3600), default=10.0, help="seconds per request [10]")
+    p.add_argument("--timeout", type=_number(float, 0.001, 3600), default=10.0, help="seconds per read [10]")
+    p.add_argument("--deadline", type=_number(float, 0.001, 86400), default=120.0,
+                   help="seconds per request in all, however slowly the bytes come [120]")
     p.add_argument("--max-mb", type=_number(float, 0.001, 1024), default=10.0, help="largest poster accepted, in MiB [10]")
     p.set_defaults(func=cmd_download)
 

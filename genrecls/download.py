@@ -7,6 +7,11 @@ for; the bytes may be PNG, which the package decodes as well.
 Safe to kill and rerun: a body is written to .<id>.jpg.part and renamed
 only once complete and validated, and a rerun skips posters already there.
 Every failure of a run is listed in out_dir/download_report.csv.
+
+Nothing can hold a worker for ever: `timeout` bounds each read, `deadline`
+each request as a whole (a server trickling a byte a second), and `max_bytes`
+the body. On Ctrl-C the open connections are cut and the back-off waits end,
+so the run stops at once and leaves no .part file.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import contextlib
 import csv
 import http.client
 import io
+import math
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -34,9 +41,11 @@ from genrecls.errors import GenreclsError
 
 SCHEMES = ("http", "https")
 REPORT_NAME = "download_report.csv"
+REPORT_HEADER = "id,url,reason"
 PART_SUFFIX = ".jpg.part"
 CHUNK = 64 * 1024
 MAX_WAIT = 60.0  # seconds: cap on Retry-After and on the back-off
+WATCH_TICK = 0.1  # seconds between the watchdog's looks at the open connections
 USER_AGENT = f"genrecls/{__version__} (poster downloader)"
 # Characters left as they are when a URL is percent-encoded for the request.
 URL_SAFE = "/:?#[]@!$&'()*+,;=%~"
@@ -48,7 +57,9 @@ NO_URL = "no URL"
 NOT_HTTP = "not an http(s) URL"
 MALFORMED_URL = "malformed URL"
 BAD_REDIRECT = "redirect to a non-http(s) URL"
+REDIRECT_LOOP = "redirect loop or too many redirects"
 TIMEOUT = "timeout"
+DEADLINE = "deadline exceeded"
 TOO_LARGE = "too large"
 INTERRUPTED = "interrupted"
 
@@ -180,7 +191,7 @@ def _url_problem(url: str) -> str | None:
 class RateLimiter:
     """At most `rate` requests per second to each host, across all threads.
 
-    Each call reserves the host's next free slot under a lock, then sleeps
+    Each call reserves the host's next free slot under a lock, then waits
     outside it, so threads waiting on one host never hold up another.
     """
 
@@ -189,7 +200,8 @@ class RateLimiter:
         self._next: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def wait(self, host: str) -> None:
+    def wait(self, host: str, stop: threading.Event | None = None) -> None:
+        """Wait for the host's slot, or until `stop` is set."""
         if not self.interval:
             return
         with self._lock:
@@ -198,30 +210,113 @@ class RateLimiter:
             self._next[host] = slot + self.interval
         delay = slot - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            (stop or threading.Event()).wait(delay)
+
+
+class _InFlight:
+    """Each worker's open connection and the deadline of its request.
+
+    A timeout bounds one read only. The watchdog (`watch`, on its own thread)
+    shuts down a connection past its deadline, and every one once `stop` is
+    set: a shutdown wakes the worker blocked reading it at once. It works on
+    a duplicate of each socket, closed here, so it never touches a descriptor
+    that the worker has closed and the system has reused.
+    """
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self._lock = threading.Lock()
+        self._deadlines: dict[int, float] = {}  # worker thread -> deadline of its request
+        self._sockets: dict[int, socket.socket] = {}  # worker thread -> its connection (a dup)
+
+    @contextlib.contextmanager
+    def request(self, deadline: float):
+        """Around one request (redirects included) on the calling thread."""
+        worker = threading.get_ident()
+        with self._lock:
+            self._deadlines[worker] = deadline
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._deadlines[worker]
+                self._drop(worker)
+
+    def connected(self, sock: socket.socket) -> None:
+        """Called by the connection classes once a socket is open."""
+        worker = threading.get_ident()
+        with self._lock:
+            if worker in self._deadlines:
+                self._drop(worker)  # the previous hop of a redirect
+                self._sockets[worker] = socket.fromfd(sock.fileno(), sock.family, sock.type)
+
+    def cut(self) -> None:
+        """Shut down the connections past their deadline, or all once stopped."""
+        now = time.monotonic()
+        with self._lock:
+            late = [w for w in self._sockets if self.stop.is_set() or now >= self._deadlines[w]]
+            for worker in late:
+                with contextlib.suppress(OSError):
+                    self._sockets[worker].shutdown(socket.SHUT_RDWR)
+                self._drop(worker)
+
+    def watch(self, finished: threading.Event) -> None:
+        while not finished.wait(WATCH_TICK):
+            self.cut()
+
+    def _drop(self, worker: int) -> None:
+        sock = self._sockets.pop(worker, None)
+        if sock is not None:
+            sock.close()
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) only; urllib alone would follow one to ftp:."""
+    """Follow redirects to http(s) only (urllib alone would follow one to ftp:),
+    and name a loop as such (urllib reports it as the HTTP code of the last hop)."""
 
     def http_error_302(self, req, fp, code, msg, headers):
         target = headers.get("Location") or headers.get("URI") or ""
         if urlsplit(urljoin(req.full_url, target)).scheme.lower() not in SCHEMES:
             fp.close()
             raise _Fail(BAD_REDIRECT)
-        return super().http_error_302(req, fp, code, msg, headers)
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except HTTPError as exc:
+            if not str(exc.reason).startswith(self.inf_msg):
+                raise
+            exc.close()
+            raise _Fail(REDIRECT_LOOP) from None
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    """urllib's opener without the file:, ftp: and data: handlers."""
+def _opener(inflight: _InFlight) -> urllib.request.OpenerDirector:
+    """urllib's opener without the file:, ftp: and data: handlers, whose
+    connections report to `inflight`."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self):
+            super().connect()
+            inflight.connected(self.sock)
+
+    class SecureConnection(http.client.HTTPSConnection, Connection):
+        """Verifies certificates as urllib does; HTTPSConnection.connect calls
+        Connection.connect, so the socket is tracked before the handshake."""
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Connection, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(SecureConnection, req)
+
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
         urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        HTTPHandler(),
+        HTTPSHandler(),
         urllib.request.HTTPDefaultErrorHandler(),
         _HttpOnlyRedirects(),
         urllib.request.HTTPErrorProcessor(),
@@ -255,12 +350,17 @@ class _Fetcher:
     """Downloads one poster with retries; shared by the worker threads."""
 
     opener: urllib.request.OpenerDirector
+    inflight: _InFlight
     limiter: RateLimiter
     retries: int
-    timeout: float
+    timeout: float  # seconds per read
+    deadline: float  # seconds per request in all, connecting and redirects included
     max_bytes: int
     backoff: float
-    stop: threading.Event
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.inflight.stop
 
     def download(self, movie_id: str, url: str, out: Path) -> tuple[str, str | None]:
         """(status, failure reason) for one row; never raises for one bad row."""
@@ -305,13 +405,35 @@ class _Fetcher:
         return f"{reason} after {tries} tries" if tries > 1 else reason
 
     def _get(self, url: str, part: Path) -> None:
-        """One GET into `part`, checked; raises _Fail or _Retry."""
-        self.limiter.wait((urlsplit(url).hostname or "").lower())
+        """One GET into `part`, checked; raises _Fail or _Retry.
+
+        Past the deadline the watchdog cuts the connection, and the request
+        fails with DEADLINE, not retried: so slow a server is no faster on
+        the next try."""
+        self.limiter.wait((urlsplit(url).hostname or "").lower(), self.stop)
+        deadline = time.monotonic() + self.deadline
+        self._check(deadline)  # Ctrl-C while waiting for the host's slot
+        with self.inflight.request(deadline):
+            try:
+                content_type = self._transfer(url, part, deadline)
+            finally:  # a cut connection fails in one of many ways: name the cause
+                self._check(deadline)
+        self._check_image(part, content_type)
+
+    def _check(self, deadline: float) -> None:
+        """Raise _Fail once stopped (Ctrl-C) or past the request's deadline."""
+        if self.stop.is_set():
+            raise _Fail(INTERRUPTED)
+        if time.monotonic() >= deadline:
+            raise _Fail(f"{DEADLINE} ({self.deadline:g} s)")
+
+    def _open(self, url: str):
+        """The response to a GET of `url` (redirects followed); raises _Fail or _Retry."""
         request = urllib.request.Request(
             quote(url, safe=URL_SAFE), headers={"User-Agent": USER_AGENT, "Accept": "image/*"}
         )
         try:
-            response = self.opener.open(request, timeout=self.timeout)
+            return self.opener.open(request, timeout=self.timeout)
         except HTTPError as exc:
             exc.close()
             if exc.code == 429 or exc.code >= 500:
@@ -327,28 +449,34 @@ class _Fetcher:
         except ValueError:
             raise _Fail(MALFORMED_URL) from None
 
+    def _transfer(self, url: str, part: Path, deadline: float) -> str:
+        """GET `url` into `part`, within the size cap; the reply's Content-Type."""
         too_large = f"{TOO_LARGE} (over {self.max_bytes:,} bytes)"
-        with response:
+        with self._open(url) as response:
             content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
             declared = (response.headers.get("Content-Length") or "").strip()
             if declared.isdigit() and int(declared) > self.max_bytes:
-                raise _Fail(too_large)
+                raise _Fail(too_large)  # before reading any of it
             received = 0
             with open(part, "wb") as f:
                 while True:
                     try:
-                        chunk = response.read(CHUNK)
+                        chunk = response.read1(CHUNK)  # what has arrived, so the checks run often
                     except (OSError, http.client.HTTPException) as exc:
                         raise _Retry(_network_reason(exc)) from None
                     if not chunk:
                         break
+                    self._check(deadline)
                     received += len(chunk)
                     if received > self.max_bytes:
                         raise _Fail(too_large)
                     f.write(chunk)
             if declared.isdigit() and received < int(declared):
                 raise _Retry("incomplete response")  # the connection closed early
+        return content_type
 
+    @staticmethod
+    def _check_image(part: Path, content_type: str) -> None:
         problem = image_problem(part)
         if problem == "not an image":
             raise _Fail(f"not an image ({content_type})")
@@ -395,45 +523,73 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _check_options(workers, rate, retries, timeout, max_bytes, backoff) -> None:
+def _check_options(workers, rate, retries, timeout, deadline, max_bytes, backoff) -> None:
+    def positive(x) -> bool:  # NaN and infinity are refused
+        return math.isfinite(x) and x > 0
+
     bad = []
     if workers < 1:
         bad.append(f"--workers must be at least 1 (got {workers})")
-    if rate is not None and rate <= 0:
+    if rate is not None and not positive(rate):
         bad.append(f"--rate must be above 0 requests/s, or left out for no limit (got {rate})")
     if retries < 0:
         bad.append(f"--retries must be 0 or more (got {retries})")
-    if timeout <= 0:
+    if not positive(timeout):
         bad.append(f"--timeout must be above 0 seconds (got {timeout})")
-    if max_bytes < 1:
+    if not positive(deadline):
+        bad.append(f"--deadline must be above 0 seconds (got {deadline})")
+    if not positive(max_bytes) or max_bytes < 1:
         bad.append(f"the size cap (--max-mb) must be above 0 (got {max_bytes} bytes)")
-    if backoff < 0:
+    if not (math.isfinite(backoff) and backoff >= 0):
         bad.append(f"backoff must be 0 or more seconds (got {backoff})")
     if bad:
         raise GenreclsError("; ".join(bad))
 
 
-def _prepare_folder(out_dir) -> Path:
-    """Create the folder and remove the .part files a killed run left."""
+def _prepare_folder(out_dir, ids) -> Path:
+    """Create the folder and remove the .part files a killed run left for `ids`.
+
+    Only .<id>.jpg.part of the table's ids: another file of that shape (say
+    .mine.jpg.part) is not one genrecls wrote, so it stays.
+    """
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise GenreclsError(f"{out} is a file; pass a folder to download the posters into")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        present = set(os.listdir(out))
     except OSError as exc:
         raise GenreclsError(f"cannot create {out} ({exc.strerror or exc}); pass a writable folder") from None
-    for name in os.listdir(out):
-        if name.startswith(".") and name.endswith(PART_SUFFIX):
-            with contextlib.suppress(OSError):
-                (out / name).unlink()
+    _check_report(out / REPORT_NAME)
+    for name in present.intersection(f".{movie_id}{PART_SUFFIX}" for movie_id in ids):
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
     return out
 
 
+def _check_report(path: Path) -> None:
+    """Refuse to replace a download_report.csv that genrecls did not write."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            ours = f.readline().rstrip("\r\n") == REPORT_HEADER
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise GenreclsError(
+            f"{path} exists and was not written by genrecls; move it away or pick another --out"
+        )
+
+
 def _write_report(path: Path, failures: list[Failure]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "url", "reason"])
-        writer.writerows([_printable(x) for x in failure] for failure in failures)
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(REPORT_HEADER.split(","))
+            writer.writerows([_printable(x) for x in failure] for failure in failures)
+    except OSError as exc:
+        raise GenreclsError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 def download_posters(
@@ -445,6 +601,7 @@ def download_posters(
     rate: float | None = None,
     retries: int = 3,
     timeout: float = 10.0,
+    deadline: float = 120.0,
     max_bytes: int = 10 * 1024 * 1024,
     backoff: float = 0.5,
     progress: bool = True,
@@ -455,18 +612,25 @@ def download_posters(
     retries: further tries after a timeout, connection error, 429 or 5xx,
         waiting backoff * 2**try seconds, or longer when Retry-After says so.
         Other 4xx, non-images and over-size bodies fail at once.
-    max_bytes: largest poster accepted; larger ones are aborted mid-read.
+    timeout: seconds any one read (or the connection) may take.
+    deadline: seconds one request may take in all, connecting and redirects
+        included; past it the poster fails, "deadline exceeded", not retried.
+    max_bytes: largest poster accepted: a larger Content-Length is refused
+        before reading, a longer body aborted mid-read.
     progress: show progress on stderr (the caller prints the summary).
 
-    The failures of this run replace out_dir/download_report.csv.
+    Ctrl-C (KeyboardInterrupt) cuts the open connections and ends the
+    back-off waits; it propagates once the workers are done, within a second
+    or so (up to `timeout` for a request still connecting), and no .part file
+    is left. The failures of this run replace out_dir/download_report.csv.
     """
-    _check_options(workers, rate, retries, timeout, max_bytes, backoff)
+    _check_options(workers, rate, retries, timeout, deadline, max_bytes, backoff)
     rows = _read_rows(csv_path, url_column, id_column)
-    out = _prepare_folder(out_dir)
-    started = time.monotonic()
+    out = _prepare_folder(out_dir, {movie_id for movie_id, _ in rows if not _unsafe_id(movie_id)})
     summary = DownloadSummary(report=out / REPORT_NAME)
+    started = time.monotonic()
     failures: list[tuple[int, Failure]] = []
-    counts = {DOWNLOADED: 0, SKIPPED: 0}
+    counts = {DOWNLOADED: 0, SKIPPED: 0, DUPLICATE: 0}
     bar = _Progress(len(rows), progress)
     done = 0
 
@@ -475,7 +639,7 @@ def download_posters(
         done += 1
         if status == FAILED:
             failures.append((index, Failure(movie_id, url, reason or "unknown")))
-        elif status in counts:
+        else:
             counts[status] += 1
         bar.update(done, counts[DOWNLOADED], counts[SKIPPED], len(failures))
 
@@ -484,28 +648,34 @@ def download_posters(
         if _unsafe_id(movie_id):
             finish(index, movie_id, url, FAILED, UNSAFE_ID)
         elif movie_id in seen:
-            summary.duplicates += 1
             finish(index, movie_id, url, DUPLICATE, None)
         else:
             seen.add(movie_id)
             jobs.append((index, movie_id, url))
 
-    stop = threading.Event()
-    fetcher = _Fetcher(_opener(), RateLimiter(rate), retries, timeout, max_bytes, backoff, stop)
+    inflight = _InFlight(threading.Event())
+    fetcher = _Fetcher(
+        _opener(inflight), inflight, RateLimiter(rate), retries=retries, timeout=timeout,
+        deadline=deadline, max_bytes=max_bytes, backoff=backoff,
+    )
+    finished = threading.Event()
+    threading.Thread(target=inflight.watch, args=(finished,), name="download-watchdog", daemon=True).start()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
             futures = {pool.submit(fetcher.download, m, u, out): (i, m, u) for i, m, u in jobs}
             try:
                 for future in as_completed(futures):
                     finish(*futures[future], *future.result())
-            except BaseException:  # Ctrl-C: stop queued work, let running requests end
-                stop.set()
+            except BaseException:  # Ctrl-C: drop queued work, cut the running requests
+                inflight.stop.set()
                 pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                raise  # once the `with` has waited for the running workers
     finally:
+        finished.set()
+        bar.close()
         summary.downloaded, summary.skipped = counts[DOWNLOADED], counts[SKIPPED]
+        summary.duplicates = counts[DUPLICATE]
         summary.failures = [failure for _, failure in sorted(failures)]
         summary.seconds = time.monotonic() - started
         _write_report(summary.report, summary.failures)
-    bar.close()
     return summary

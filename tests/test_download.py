@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -13,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from genrecls.cli import main
 from genrecls.download import (
     BAD_REDIRECT,
     MALFORMED_URL,
     NO_URL,
     NOT_HTTP,
+    REDIRECT_LOOP,
     REPORT_NAME,
     UNSAFE_ID,
     RateLimiter,
@@ -26,6 +30,8 @@ from genrecls.download import (
 from genrecls.errors import GenreclsError
 
 SLOW_SECONDS = 1.5  # the /slow route's delay, well past the client timeout below
+TRICKLE_GAP = 0.05  # seconds between the bytes of the /trickle routes, well within that timeout
+HANG_SECONDS = 10  # how long the /hang routes keep a connection open and silent
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.05, "progress": False}
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -48,6 +54,23 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the client gave up first (timeout, size cap)
             pass
+
+    def trickle(self, data: bytes):
+        """Send `data` a byte at a time until it ends, the client hangs up or the test does."""
+        try:
+            for byte in data:
+                if self.server.release.wait(TRICKLE_GAP):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        except OSError:
+            pass
+
+    def hang(self, code=200, length=10**6, body=b"\xff\xd8\xff"):
+        """Headers and a first few bytes, then silence until the test ends (or HANG_SECONDS)."""
+        self.send(code, body, length=False, headers=[("Content-Length", str(length))])
+        self.wfile.flush()
+        self.server.release.wait(HANG_SECONDS)
 
     def do_GET(self):
         server = self.server
@@ -82,6 +105,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, b"\xff\xd8\xff" + bytes(100_000))
         elif self.path == "/big-stream":  # no Content-Length: only counting catches it
             self.send(200, b"\xff\xd8\xff" + bytes(100_000), length=False)
+        elif self.path == "/trickle":  # a byte every TRICKLE_GAP: each read is quick, the body is not
+            body = posters[1]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.trickle(body)
+        elif self.path == "/trickle-head":  # even the headers come a byte at a time
+            self.trickle(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 10_000 + b"\r\n\r\n")
+        elif self.path.startswith("/hang"):  # mid-body, then silent
+            self.hang()
+        elif self.path == "/huge-declared":  # Content-Length over the cap, then silent: never read
+            self.hang(length=10**10)
+        elif self.path == "/unavailable":  # 503 asking for the longest wait
+            self.send(503, b"busy", "text/plain", headers=[("Retry-After", "3600")])
+        elif self.path == "/loop":
+            self.send(302, headers=[("Location", "/loop")])
         elif self.path == "/cut":  # the connection closes after half the body
             body = posters[1]
             self.send(200, body[: len(body) // 2], length=False, headers=[("Content-Length", str(len(body)))])
@@ -107,10 +146,12 @@ def server(ml1m, monkeypatch):
     httpd.hits = Counter()
     httpd.times = defaultdict(list)
     httpd.lock = threading.Lock()
+    httpd.release = threading.Event()  # ends the /trickle and /hang routes
     httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
+    httpd.release.set()
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
@@ -284,3 +325,145 @@ def test_bad_input_says_what_to_do(tmp_path):
         download_posters(table, out, rate=0, progress=False)
     with pytest.raises(GenreclsError, match="is a file"):
         download_posters(table, table, url_column="link", id_column="id", progress=False)
+
+    notes = tmp_path / "notes"  # a download_report.csv that genrecls did not write
+    notes.mkdir()
+    (notes / REPORT_NAME).write_text("my notes\n")
+    with pytest.raises(GenreclsError, match="not written by genrecls"):
+        download_posters(table, notes, url_column="link", id_column="id", progress=False)
+    assert (notes / REPORT_NAME).read_text() == "my notes\n"
+
+
+@pytest.mark.integration
+def test_deadline_bounds_a_request_however_slowly_its_bytes_come(server, tmp_path):
+    url = server.url
+    rows = [("body", url("/trickle")), ("head", url("/trickle-head")), ("1", url("/poster/1"))]
+    table = write_table(tmp_path / "MovieGenre.csv", rows)
+    out = tmp_path / "posters"
+
+    start = time.monotonic()
+    summary = download_posters(table, out, workers=3, **{**FAST, "deadline": 1.0})
+    elapsed = time.monotonic() - start
+
+    # Without the deadline: about an hour for the body, as each read is quick.
+    assert elapsed < 3
+    reasons = {row["id"]: row["reason"] for row in read_report(out)}
+    assert reasons == {"body": "deadline exceeded (1 s)", "head": "deadline exceeded (1 s)"}
+    assert server.hits["/trickle"] == server.hits["/trickle-head"] == 1  # not retried
+    assert summary.downloaded == 1 and sorted(os.listdir(out)) == ["1.jpg", REPORT_NAME]  # no .part
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_at_once_and_leaves_no_part_file(server, tmp_path):
+    url = server.url
+    # Two workers: one mid-body on a silent server, one waiting out Retry-After;
+    # the rest queued.
+    rows = [("hang", url("/hang")), ("busy", url("/unavailable"))]
+    rows += [(str(n), url(f"/hang/{n}")) for n in range(10)]
+    table = write_table(tmp_path / "MovieGenre.csv", rows)
+    out = tmp_path / "posters"
+    parts_before = []
+
+    def ctrl_c():
+        parts_before.extend(p.name for p in out.glob(".*.part"))
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal sends it
+
+    timer = threading.Timer(1.0, ctrl_c)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        download_posters(table, out, workers=2, timeout=30, retries=3, progress=False)
+    elapsed = time.monotonic() - start
+    timer.join()
+
+    assert parts_before == [".hang.jpg.part"]  # interrupted mid-transfer
+    assert elapsed < 3  # not the 30 s read timeout, nor the 60 s back-off
+    assert [p.name for p in out.iterdir() if p.suffix == ".part"] == []
+    assert server.hits["/hang"] == server.hits["/unavailable"] == 1
+    assert sum(server.hits.values()) == 2  # the queued rows never started
+    assert read_report(out) == []
+
+
+def test_rate_limiter_wait_ends_on_stop():
+    limiter, stop = RateLimiter(rate=0.01), threading.Event()  # a request per 100 s
+    limiter.wait("a.example", stop)
+    stop.set()
+    start = time.monotonic()
+    limiter.wait("a.example", stop)
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.integration
+def test_cleanup_removes_only_the_part_files_of_the_tables_ids(server, tmp_path):
+    out = tmp_path / "posters"
+    out.mkdir()
+    mine = out / ".mine.jpg.part"  # the user's, with the shape of a part file
+    mine.write_bytes(b"notes \x00\xff")
+    (out / ".2.jpg.part").write_bytes(b"left by a killed run")
+    (out / ".9.jpg.part").write_bytes(b"left by a killed run")
+    table = write_table(tmp_path / "MovieGenre.csv", [("2", server.url("/poster/2")), ("9", "")])
+
+    summary = download_posters(table, out, **FAST)
+
+    assert summary.downloaded == 1 and summary.failed == 1
+    assert mine.read_bytes() == b"notes \x00\xff"
+    assert sorted(os.listdir(out)) == [".mine.jpg.part", "2.jpg", REPORT_NAME]
+
+
+@pytest.mark.integration
+def test_replies_refused_for_what_they_say(server, tmp_path):
+    url = server.url
+    rows = [("loop", url("/loop")), ("huge", url("/huge-declared")), ("html", url("/html"))]
+    table = write_table(tmp_path / "MovieGenre.csv", rows)
+    out = tmp_path / "posters"
+
+    start = time.monotonic()
+    summary = download_posters(table, out, max_bytes=40_000, **{**FAST, "timeout": 5})
+    elapsed = time.monotonic() - start
+
+    reasons = {row["id"]: row["reason"] for row in read_report(out)}
+    assert summary.failed == 3 and summary.downloaded == 0
+    assert reasons["loop"] == REDIRECT_LOOP  # not "HTTP 302"
+    assert 2 <= server.hits["/loop"] <= 11  # urllib's limits; not retried
+    # Refused on its Content-Length: reading would have waited out the timeout.
+    assert reasons["huge"] == "too large (over 40,000 bytes)" and elapsed < 2
+    assert server.hits["/huge-declared"] == 1
+    assert reasons["html"] == "not an image (text/html)"
+    assert sorted(os.listdir(out)) == [REPORT_NAME]
+
+
+def test_options_refuse_nan_infinity_and_negatives(tmp_path):
+    table = write_table(tmp_path / "MovieGenre.csv", [("1", "")])
+    out = tmp_path / "out"
+    for option, value in [("timeout", math.nan), ("deadline", math.nan), ("deadline", -1.0),
+                          ("deadline", math.inf), ("backoff", math.nan), ("rate", math.inf)]:
+        with pytest.raises(GenreclsError, match=f"{option}"):
+            download_posters(table, out, progress=False, **{option: value})
+    assert not out.exists()
+
+
+def run_cli(argv) -> int:
+    """cli.main's status; a parser error may exit (SystemExit) or return."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_cli_download_refuses_bad_values_in_one_line(tmp_path, capsys):
+    table = write_table(tmp_path / "MovieGenre.csv", [("1", "")])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+
+    assert run_cli(["download", str(table), "--out", str(a_file)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"genrecls: error: {a_file} is a file; pass a folder to download the posters into\n"
+    assert a_file.read_text() == "mine"
+
+    out = tmp_path / "out"
+    for option, value in [("--timeout", "nan"), ("--max-mb", "nan"), ("--max-mb", "inf"),
+                          ("--deadline", "nan"), ("--deadline", "-1"), ("--deadline", "inf")]:
+        assert run_cli(["download", str(table), "--out", str(out), option, value]) not in (0, None)
+        err = capsys.readouterr().err
+        assert option in err and value in err and "Traceback" not in err
+    assert not out.exists()
