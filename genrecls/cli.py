@@ -248,7 +248,7 @@ TRAINING_OPTIONS = {
         ("--top-k", "keep the K most common genres (report 004 keeps 6)", {"type": _number(int, 1)}),
         ("--other", "add an 'Other' column for genres outside the kept ones", {"action": "store_true"}),
         ("--min-count", "drop genres with fewer posters", {"type": _number(int, 1)}),
-        ("--collapse", "single label per poster for multiclass and stratification: its least or most common genre",
+        ("--collapse", "single label per poster for multiclass (and its split): its least or most common genre",
          {"choices": "COLLAPSE_RULES"}),
         ("--balance", "balance the training split on the collapsed label", {"choices": "BALANCE_METHODS"}),
         ("--class-weight", "weight rare classes (multilabel: per-genre weighted binary cross-entropy)",

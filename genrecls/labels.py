@@ -289,27 +289,67 @@ class Split:
         return {k: getattr(self, k).tolist() for k in ("train", "val", "test")}
 
 
+def split_posters(
+    Y: np.ndarray,
+    names: Sequence[str],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    strata: Sequence[int] | None = None,
+) -> Split:
+    """The train/validation/test split of a labelled table: the one place it is made.
+
+    With strata (multiclass, which learns the collapsed label) the split is
+    stratified on that single label; without, on every genre at once by
+    iterative stratification (multilabel, ova). Either way every part must
+    then hold every genre, or a GenreclsError names the genre and the fix.
+    """
+    if strata is not None:
+        split = stratified_split(strata, fractions, seed, names)
+    else:
+        split = multilabel_split(Y, fractions, seed, names)
+    check_split_covers(Y, split, names)
+    return split
+
+
+def _part_sizes(n: int, fractions: Sequence[float]) -> np.ndarray:
+    """Posters per part, as two scikit-learn splits make them: floor(train share), then val, test the rest."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise GenreclsError(f"split fractions must be three positive numbers summing to 1, not {tuple(fractions)}")
+    train = math.floor(fractions[0] * n)
+    val = math.floor(fractions[1] / (fractions[1] + fractions[2]) * (n - train))
+    return np.array([train, val, n - train - val])
+
+
+def _refuse_rare(counts: dict, names: Sequence[str] | None, fractions, of: str, fix: str) -> None:
+    """Raise, naming them, when genres (column index -> posters) have too few posters to reach every part."""
+    needed = math.ceil(1 / min(fractions))
+    rare = [(names[j] if names is not None else f"#{j}", n) for j, n in counts.items() if n < needed]
+    if rare:
+        listed = ", ".join(f"{name!r} ({n})" for name, n in rare)
+        raise GenreclsError(
+            f"too few posters {of} genre{'s' if len(rare) > 1 else ''} {listed} for a "
+            f"{'/'.join(f'{f:.0%}' for f in fractions)} split, which needs {needed} to put one in every part: "
+            + fix.format(needed=needed, it="it" if len(rare) == 1 else "them")
+        )
+
+
 def stratified_split(
     strata: Sequence[int],
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    names: Sequence[str] | None = None,
 ) -> Split:
-    """Seeded train/validation/test indices, stratified on one label per movie.
+    """Seeded train/validation/test indices, stratified on one label per movie (multiclass).
 
-    Raises a GenreclsError naming the classes too small to appear in every
-    split, rather than letting a split silently miss a genre.
+    names: the genre of each class index, for messages. A class with fewer
+    than ceil(1 / smallest fraction) posters (7 for 70/15/15) is refused
+    with a GenreclsError naming its genre, rather than letting a part miss it.
     """
     strata = np.asarray(strata)
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise GenreclsError(f"split fractions must be three positive numbers summing to 1, not {fractions}")
-    counts = Counter(strata.tolist())
-    needed = math.ceil(1 / min(fractions))
-    small = {c: n for c, n in counts.items() if n < needed}
-    if small:
-        raise GenreclsError(
-            f"classes {sorted(small)} have fewer than {needed} posters, too few for a "
-            f"{'/'.join(f'{f:.0%}' for f in fractions)} split; raise --min-count or use fewer genres"
-        )
+    _part_sizes(len(strata), fractions)  # checks the fractions; scikit-learn makes the same sizes
+    _refuse_rare(dict(sorted(Counter(strata.tolist()).items())), names, fractions, "collapsed to",
+                 "try the other --collapse rule, leave {it} out with --top-k or --genres, "
+                 "or train in multilabel or ova mode, which stratify on every genre")
     idx = np.arange(len(strata))
     train, rest = train_test_split(idx, train_size=fractions[0], stratify=strata, random_state=seed)
     val_share = fractions[1] / (fractions[1] + fractions[2])
@@ -317,12 +357,63 @@ def stratified_split(
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
+def multilabel_split(
+    Y: np.ndarray,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> Split:
+    """Seeded train/validation/test indices, stratified on every genre at once (multilabel, ova).
+
+    Iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML PKDD 2011):
+    take the genre with the fewest posters still unplaced and deal those
+    posters out one by one, each to the part that still wants the most of
+    that genre (ties: the part with the most room left); repeat until every
+    poster is placed. The seed shuffles the posters first, so it decides
+    which posters go where. Two changes to the paper: a full part takes no
+    more, so the part sizes are exactly those of `stratified_split`
+    (floor(70 % of n) train, then half the rest rounded down for val), and a
+    part still missing more of the poster's genres comes first, so every
+    genre reaches every part whenever it can.
+
+    A genre with fewer than ceil(1 / smallest fraction) posters (7 for
+    70/15/15) cannot have a fair share in every part, and its validation
+    thresholds and test F1 would rest on one or no poster: it is refused with
+    a GenreclsError that names it and says how to leave it out (--min-count,
+    --top-k or --genres), rather than training on a split that misses it.
+    """
+    Y = np.asarray(Y) > 0
+    sizes = _part_sizes(len(Y), fractions)
+    _refuse_rare(dict(enumerate(Y.sum(axis=0).tolist())), names, fractions, "of",
+                 "leave {it} out with --min-count {needed}, --top-k or --genres")
+    room = sizes.copy()  # posters each part still takes
+    want = np.outer(sizes / len(Y), Y.sum(axis=0))  # posters of each genre each part still wants
+    has = np.zeros(want.shape, dtype=bool)  # part already holds the genre
+    part = np.full(len(Y), -1)
+    left = np.random.default_rng(seed).permutation(len(Y))  # unplaced posters, in seeded order
+    while left.size:
+        counts = Y[left].sum(axis=0)
+        if not counts.any():  # posters without a genre fill the room that is left
+            part[left] = np.repeat(np.arange(3), room)
+            break
+        genre = np.flatnonzero(counts == counts[counts > 0].min())[0]
+        for row in left[Y[left, genre]]:
+            p = max(np.flatnonzero(room > 0), key=lambda p: ((Y[row] & ~has[p]).sum(), want[p, genre], room[p]))
+            part[row] = p
+            room[p] -= 1
+            want[p, Y[row]] -= 1
+            has[p, Y[row]] = True
+        left = left[part[left] < 0]
+    return Split(*(np.flatnonzero(part == p) for p in range(3)))
+
+
 def check_split_covers(Y: np.ndarray, split: Split, names: Sequence[str]) -> None:
-    """Raise when a genre has no positive in some split (its F1 would be meaningless)."""
+    """Raise when a genre has no poster in some part (its thresholds or F1 would be meaningless)."""
     for part in ("train", "val", "test"):
-        missing = [names[j] for j in np.flatnonzero(Y[getattr(split, part)].sum(axis=0) == 0)]
-        if missing:
+        missing = np.flatnonzero(Y[getattr(split, part)].sum(axis=0) == 0)
+        if missing.size:
+            listed = ", ".join(f"{names[j]!r} ({int(Y[:, j].sum())} in all)" for j in missing)
             raise GenreclsError(
-                f"the {part} split has no poster of {', '.join(missing)}; "
-                "raise --min-count, use --top-k, or add data"
+                f"the {part} split has no poster of genre{'s' if missing.size > 1 else ''} {listed}; "
+                f"leave {'it' if missing.size == 1 else 'them'} out with --min-count, --top-k or --genres, or add data"
             )

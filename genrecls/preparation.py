@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from genrecls.config import TrainConfig
 from genrecls.datasets import PosterTable, load_dataset
-from genrecls.labels import GenreVocabulary, Split, check_split_covers, collapse, keep_labelled, stratified_split
+from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
 from genrecls.modes import get_mode
 from genrecls.pipeline import Augmentation, make_dataset
 
@@ -52,7 +52,7 @@ class PreparedData:
 
 
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
-    """Load the table, fit (or reuse) the vocabulary, encode, and split with the config's seed."""
+    """Load the table, fit (or reuse) the vocabulary, encode, and split (labels.split_posters) with the seed."""
     table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
                                   **cfg.csv_options)
     genre_lists = list(table.frame["genres"])
@@ -63,8 +63,8 @@ def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: Genr
     keep = keep_labelled(Y)
     Y = Y[keep]
     strata = collapse(Y, cfg.collapse)
-    split = stratified_split(strata, cfg.split, cfg.seed)
-    check_split_covers(Y, split, vocab.names)
+    one_label = get_mode(cfg.mode).one_hot  # multiclass stratifies on what it learns, the others on every genre
+    split = split_posters(Y, vocab.names, cfg.split, cfg.seed, strata if one_label else None)
     return PreparedData(
         table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
         Y, strata, split, len(table) - len(keep),

@@ -37,3 +37,13 @@ def tiny_config(data, **kw):
     from genrecls.config import TrainConfig
 
     return TrainConfig(data=str(data), **{**TINY, **kw})
+
+
+def multi_genre_lists(n: int = 60, seed: int = 0) -> list[list[str]]:
+    """n movies, almost all with 2-3 of six genres of unequal popularity (like issue #12's Kaggle sample)."""
+    rng = np.random.default_rng(seed)
+    genres = ["Drama", "Comedy", "Action", "Romance", "Thriller", "Horror"]
+    popularity = np.array([6, 5, 4, 3, 2, 1], dtype=float)
+    sizes = rng.choice([1, 2, 3], size=n, p=[0.05, 0.55, 0.40])
+    return [[genres[j] for j in sorted(rng.choice(6, s, replace=False, p=popularity / popularity.sum()))]
+            for s in sizes]

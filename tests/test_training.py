@@ -19,7 +19,7 @@ from genrecls.components import WeightedBinaryCrossentropy
 from genrecls.config import TrainConfig
 from genrecls.runs import RunFolder
 from genrecls.training import train
-from tests.helpers import REPO, tiny_config as _config
+from tests.helpers import REPO, multi_genre_lists, tiny_config as _config, write_image
 
 
 def load_run_model(run):
@@ -171,6 +171,29 @@ def test_cli_train_with_config_and_overrides(demo_dir, tmp_path, capsys):
 
     switched = train_config(build_parser().parse_args(["train", "--config", str(config), "--backbone", "resnet50"]))
     assert (switched.image_size, switched.weights, switched.mode) == (224, "imagenet", "multilabel")
+
+
+def test_cli_trains_multilabel_on_a_table_of_multi_genre_posters(tmp_path, capsys):
+    """Issue #12: a Kaggle table where almost every poster has 2-3 genres trains on all genres, no --collapse."""
+    data = tmp_path / "kaggle"
+    lines = ["imdbId,Imdb Link,Title,IMDB Score,Genre,Poster"]
+    rng = np.random.default_rng(0)
+    for i, genres in enumerate(multi_genre_lists(60, seed=0), 1000):
+        lines.append(f"{i},http://x/tt{i},Movie {i} (2001),7.0,{'|'.join(genres)},http://p/{i}.jpg")
+        write_image(data / "posters" / f"{i}.jpg", size=(16, 24), color=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    (data / "MovieGenre.csv").write_text("\n".join(lines) + "\n")
+    common = ["train", str(data), "--image-size", "16", "--epochs", "1", "--backbone", "simple", "--weights", "none",
+              "--batch-size", "16", "--head", "8", "--quiet"]
+
+    assert main([*common, "--mode", "multilabel", "--out", str(tmp_path / "run")]) == 0
+    assert len(json.loads((tmp_path / "run" / "genres.json").read_text())["genres"]) == 6
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert [len(split[p]) for p in ("train", "val", "test")] == [42, 9, 9]
+    # multiclass still stratifies on the collapsed label, which this table cannot feed: one line naming genres
+    capsys.readouterr()
+    assert main([*common, "--mode", "multiclass", "--out", str(tmp_path / "mc")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "too few posters collapsed to genres 'Drama' (1), 'Comedy' (5)" in err
 
 
 @pytest.mark.slow
