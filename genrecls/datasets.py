@@ -202,7 +202,7 @@ def _header_problem(path, max_pixels: int | None) -> str | None:
             with Image.open(path) as image:
                 width, height = image.size
     except Image.DecompressionBombError:
-        return "too large (decompression bomb)"
+        return f"too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, PIL's decompression-bomb limit)"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return f"cannot be decoded ({str(exc)[:60]})"
     if max_pixels is not None and width * height > max_pixels:

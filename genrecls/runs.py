@@ -190,9 +190,8 @@ class RunFolder:
             shutil.rmtree(run.path)
             occupied = False
         if occupied:
-            saved = _read_json(run.path / SETTINGS[kind], "settings")
-            if kind == "run":
-                run.load_config()  # names a damaged config.json rather than calling it "other settings"
+            # a damaged settings file is named, not taken for "other settings"
+            saved = run.load_search() if kind == "search" else run.load_config().to_json()
             saved.pop("versions", None)
             if run.marker().get("finished"):
                 raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
@@ -203,7 +202,10 @@ class RunFolder:
             print(f"resuming the unfinished {kind} in {run.path}", flush=True)
         else:
             run.created = not run.path.exists()
-            run.path.mkdir(parents=True, exist_ok=True)
+            try:
+                run.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise GenreclsError(f"cannot create {run.path}: {exc.strerror}; choose another --out") from None
             _write_json(run.path / MARKER, {"kind": kind, "genrecls": __version__, "created": _now(),
                                             "finished": False})
         _write_json(run.path / SETTINGS[kind], {**settings, **({"versions": versions} if versions else {})})
@@ -256,6 +258,23 @@ class RunFolder:
             return TrainConfig.from_json(doc)
         except GenreclsError as exc:
             raise damaged(path, "settings", exc) from None
+
+    def load_search(self) -> dict:
+        """The settings a search started with (its config and search_space), checked before a resume."""
+        path, fix = self.path / SEARCH, "run with --overwrite to start a new search, or choose another --out"
+        if not path.is_file():
+            raise GenreclsError(f"{self.path} has no {SEARCH} (the search settings); {fix}")
+        try:
+            doc = _read_json(path, "the search settings")
+        except GenreclsError as exc:
+            raise GenreclsError(f"{exc}; {fix}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("search_space"), dict):
+            raise GenreclsError(f"{path} is damaged: it needs an object of settings with a search_space; {fix}")
+        try:
+            TrainConfig.from_json({k: v for k, v in doc.items() if k != "search_space"})
+        except GenreclsError as exc:
+            raise GenreclsError(f"{path} holds invalid settings ({exc}); {fix}") from None
+        return doc
 
     def save_config(self, cfg: TrainConfig, versions: dict | None = None) -> None:
         _write_json(self.path / CONFIG, {**cfg.to_json(), **({"versions": versions} if versions else {})})

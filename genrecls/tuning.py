@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
 import keras
 import keras_tuner as kt
 import pandas as pd
+from keras_tuner.src import config as kt_config
 
 from genrecls.config import TrainConfig
 from genrecls.errors import GenreclsError
@@ -38,6 +40,7 @@ OBJECTIVES = {
     "val_f1_macro": kt.Objective("val_f1_macro", direction="max"),
 }
 ALGORITHMS = ("random", "hyperband")
+MAX_FAILED_IN_A_ROW = 3  # keras-tuner stops a search after this many failed trials in a row
 OVA_SCOPES = ("per-genre", "shared")
 
 # A list is a choice, {"min", "max", "step"} a range, anything else a fixed value.
@@ -61,29 +64,98 @@ def default_space(cfg: TrainConfig) -> dict:
 
 
 def load_space(path: str | os.PathLike | None, cfg: TrainConfig) -> dict:
-    """The default space for this config, updated with a JSON or YAML file's keys."""
+    """The default space for this config, updated with a JSON or YAML file's keys (checked)."""
     space = default_space(cfg)
     if path is None:
         return space
     if not Path(path).is_file():
-        raise GenreclsError(f"search space file {path} does not exist")
-    text = Path(path).read_text()
+        raise GenreclsError(f"search space file {path} does not exist or is not a file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenreclsError(f"cannot read search space {path}: {exc}") from None
     if str(path).endswith((".yaml", ".yml")):
         try:
             import yaml
         except ImportError:
             raise GenreclsError("reading a YAML search space needs PyYAML; use JSON or pip install pyyaml") from None
-        given = yaml.safe_load(text)
+        try:
+            given = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GenreclsError(f"cannot parse search space {path}: {str(exc).splitlines()[0]}") from None
     else:
         try:
             given = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise GenreclsError(f"cannot parse search space {path}: {exc}") from None
+            raise GenreclsError(f"cannot parse search space {path} as JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise GenreclsError(f"search space {path} must be a mapping of keys ({', '.join(DEFAULT_SPACE)}), "
+                            f"not {'null' if given is None else type(given).__name__}")
     unknown = set(given) - set(DEFAULT_SPACE)
     if unknown:
-        raise GenreclsError(f"unknown search-space keys {sorted(unknown)}; known: {sorted(DEFAULT_SPACE)}")
+        raise GenreclsError(f"search space {path}: unknown search-space keys {sorted(unknown)}; "
+                            f"known: {sorted(DEFAULT_SPACE)}")
     space.update(given)
+    check_space(space, f"search space {path}")
     return space
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What one value of each key must be (the ranges TrainConfig accepts for the same setting).
+VALUES = {
+    "units": (lambda v: _whole(v) and v > 0, "a positive whole number"),
+    "dropout": (lambda v: isinstance(v, bool), "true or false"),
+    "dropout_rate": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "learning_rate": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "fine_tune_last": (lambda v: _whole(v) and v >= -1, "a whole number >= -1 (-1: every layer)"),
+}
+
+
+def _need(ok, what: str, value, where: str) -> None:
+    if not ok(value):
+        hint = " (a quoted number? YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
+        raise GenreclsError(f"{where} must be {what}, not {value!r}{hint}")
+
+
+def check_space(space: dict, source: str = "the search space") -> None:
+    """Refuse a space keras-tuner would fail on (or, worse, search wrongly), naming the key."""
+    missing = set(DEFAULT_SPACE) - set(space)
+    if missing:
+        raise GenreclsError(f"{source}: missing keys {sorted(missing)}")
+    if not isinstance(space["units"], list):
+        raise GenreclsError(f'{source}: units must be a list with one spec per hidden layer '
+                            f'(e.g. [[64, 128]] or [{{"min": 64, "max": 512}}]), not {space["units"]!r}')
+    specs = [(f"units[{i}]", "units", spec) for i, spec in enumerate(space["units"])]
+    specs += [(key, key, space[key]) for key in DEFAULT_SPACE if key != "units"]
+    for name, key, spec in specs:
+        ok, what = VALUES[key]
+        where = f"{source}: {name}"
+        if isinstance(spec, list):
+            if not spec:
+                raise GenreclsError(f"{where} is an empty list of choices")
+            for value in spec:
+                _need(ok, what, value, where)
+        elif isinstance(spec, dict):
+            if key == "dropout" or set(spec) - {"min", "max", "step"} or not {"min", "max"} <= set(spec):
+                raise GenreclsError(f"{where} must be a value, a list of choices"
+                                    f"{'' if key == 'dropout' else ' or a range {min, max, step}'}, not {spec!r}")
+            _need(ok, what, spec["min"], f"{where}.min")
+            _need(ok, what, spec["max"], f"{where}.max")
+            if spec["min"] > spec["max"]:
+                raise GenreclsError(f"{where}.min ({spec['min']}) is above {name}.max ({spec['max']})")
+            whole = key in ("units", "fine_tune_last")
+            if spec.get("step") is not None:
+                _need(lambda v: (_whole(v) if whole else _number(v)) and v > 0,
+                      f"a positive {'whole ' if whole else ''}number", spec["step"], f"{where}.step")
+        else:
+            _need(ok, what, spec, where)
 
 
 def _hp(hp: kt.HyperParameters, name: str, spec):
@@ -91,6 +163,8 @@ def _hp(hp: kt.HyperParameters, name: str, spec):
     if isinstance(spec, list):
         if sorted(map(str, spec)) == ["False", "True"]:
             return hp.Boolean(name)
+        if any(isinstance(v, float) for v in spec):  # keras-tuner refuses a choice of ints and floats
+            spec = [float(v) for v in spec]
         return hp.Choice(name, spec)
     if isinstance(spec, dict):
         bounds = (spec["min"], spec["max"], spec.get("step"))
@@ -141,6 +215,11 @@ class TrialLog:
         print(f"trial {trial.trial_id} started by {self.tuner_id}", flush=True)
         super().on_trial_begin(trial)
 
+    def on_trial_end(self, trial):
+        if trial.status != "COMPLETED":  # one line here; keras-tuner's traceback printing is off
+            print(f"trial {trial.trial_id} failed: {trial_error(trial, self.oracle.objective.name)}", flush=True)
+        super().on_trial_end(trial)
+
 
 class RandomSearch(TrialLog, kt.RandomSearch):
     pass
@@ -175,10 +254,19 @@ def is_worker() -> bool:
 
 def _tuner(cls, hypermodel, objective, algorithm, max_trials, executions, epochs, directory, project, overwrite, seed):
     common = dict(objective=objective, directory=str(directory), project_name=project, overwrite=overwrite,
-                  seed=seed, max_consecutive_failed_trials=3)
-    if algorithm == "hyperband":
-        return Hyperband(hypermodel, max_epochs=epochs, executions_per_trial=executions, **common)
-    return cls(hypermodel, max_trials=max_trials, executions_per_trial=executions, **common)
+                  seed=seed, max_consecutive_failed_trials=MAX_FAILED_IN_A_ROW)
+    project_dir = Path(directory) / project
+    resuming = not overwrite and (project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json").exists()
+    try:
+        if algorithm == "hyperband":
+            return Hyperband(hypermodel, max_epochs=epochs, executions_per_trial=executions, **common)
+        return cls(hypermodel, max_trials=max_trials, executions_per_trial=executions, **common)
+    except Exception as exc:  # resuming, the constructor only reloads keras-tuner's json files
+        if not resuming:
+            raise
+        raise GenreclsError(f"cannot resume the search in {project_dir}: keras-tuner's files there are damaged "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                            "run with --overwrite to start a new search") from None
 
 
 def tune(
@@ -213,11 +301,13 @@ def tune(
     if cfg.freeze_until is not None:
         raise GenreclsError("tune searches the trainable layers as fine_tune_last; drop --freeze-until")
     space = space or default_space(cfg)
+    check_space(space)
     if is_worker():  # the chief claims the folder; workers only add trials to it
         folder = RunFolder.await_claim(out)
     else:
         folder = RunFolder.claim(out, {**cfg.to_json(), "search_space": space}, overwrite, kind="search")
     keras.utils.set_random_seed(cfg.seed)
+    kt_config.DEBUG = False  # else keras-tuner prints each failed trial's traceback; trial_error keeps its line
 
     data = prepare_data(cfg)
     T = data.targets(cfg.mode)
@@ -236,7 +326,12 @@ def tune(
     target = OBJECTIVES[objective]
 
     def search(tuner, *args, **kwargs):
-        tuner.search(*args, **kwargs)
+        try:
+            tuner.search(*args, **kwargs)
+        except RuntimeError as exc:  # keras-tuner gives up after MAX_FAILED_IN_A_ROW failed trials
+            if "consecutive failures" not in str(exc):
+                raise
+            print(f"search stopped: {MAX_FAILED_IN_A_ROW} trials in a row failed", flush=True)
         return tuner
 
     tuners = {}
@@ -272,30 +367,62 @@ def tune(
         return pd.DataFrame()
     table = trial_table(tuners, objective)
     table.to_csv(folder / "trials.csv", index=False)
+    report_failures(table)
     folder.save_config(best_config(cfg, tuners, space))
     return table
 
 
+def trial_error(trial, objective: str) -> str:
+    """Why a trial failed, in one line: the exception line of its traceback ("" when it completed)."""
+    if trial.status == "COMPLETED":
+        return ""
+    if not trial.message:  # keras-tuner fails a trial whose score is NaN without a message
+        return f"{objective} was NaN" if trial.status == "FAILED" else f"trial ended {trial.status}"
+    lines = trial.message.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    after = [line for line in lines[frames[-1] + 1 if frames else 0:] if line and not line.startswith(" ")]
+    return (after[0] if after else lines[-1]).strip()[:300]
+
+
 def trial_table(tuners: dict, objective: str) -> pd.DataFrame:
-    """One row per trial: scope (genre or all), trial id, status, hyperparameters, score."""
+    """One row per trial: scope (genre or all), trial id, status, hyperparameters, score, error."""
     rows = []
     for scope, tuner in tuners.items():
         for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id)):
             rows.append({"scope": scope, "trial": trial.trial_id, "status": trial.status,
-                         **trial.hyperparameters.values, objective: trial.score})
+                         **trial.hyperparameters.values, objective: trial.score,
+                         "error": trial_error(trial, objective)})
     table = pd.DataFrame(rows)
     fixed = ["scope", "trial", "status"]
-    hps = sorted(c for c in table.columns if c not in fixed and c != objective)
-    return table[fixed + hps + [objective]] if rows else table
+    hps = sorted(c for c in table.columns if c not in fixed and c not in (objective, "error"))
+    return table[fixed + hps + [objective, "error"]] if rows else table
+
+
+def report_failures(table: pd.DataFrame) -> None:
+    """Print how many trials failed and why; refuse a search (or OvA member) with no completed trial."""
+    if table.empty:
+        return
+    for scope, rows in table.groupby("scope", sort=False):
+        failed = rows[rows["status"] != "COMPLETED"]
+        if failed.empty:
+            continue
+        of = "" if scope == "all" else f" of the {scope} member"
+        print(f"{len(failed)} of {len(rows)} trials{of} failed:", flush=True)
+        for error, same in failed.groupby("error", sort=False):
+            print(f"  trial {', '.join(map(str, same['trial']))}: {error}", flush=True)
+        if len(failed) == len(rows):
+            raise GenreclsError(f"all {len(rows)} trials{of} failed: {failed['error'].iloc[0]}; "
+                                "nothing written as best settings (trials.csv lists the trials; fix the cause, then "
+                                "pass --overwrite to search again)")
 
 
 def best_config(cfg: TrainConfig, tuners: dict, space: dict) -> TrainConfig:
     """The training config with the best trial's settings (per genre for a per-genre OvA search)."""
     def settings(tuner):
-        best = tuner.get_best_hyperparameters(1)
-        if not best:
-            raise GenreclsError("no trial finished; see the trial errors above")
-        return head_settings(best[0], space)
+        best = tuner.oracle.get_best_trials(1)  # a failed trial when none completed
+        if not best or best[0].status != "COMPLETED":
+            raise GenreclsError("no trial completed; see the trial errors above")
+        return head_settings(best[0].hyperparameters, space)
 
     fields = {}
     if set(tuners) == {"all"}:
@@ -317,5 +444,6 @@ def format_trials(table: pd.DataFrame, objective: str) -> str:
     if table.empty:
         return "no trials"
     direction = OBJECTIVES[objective].direction
-    shown = table.sort_values(["scope", objective], ascending=[True, direction == "min"], na_position="last")
+    shown = table.drop(columns="error", errors="ignore")  # report_failures prints the errors
+    shown = shown.sort_values(["scope", objective], ascending=[True, direction == "min"], na_position="last")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

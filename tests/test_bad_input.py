@@ -212,3 +212,122 @@ def test_a_failed_train_leaves_nothing_to_overwrite(ctx, capsys):
     assert not out.exists() or not any(out.iterdir())
     # the corrected command needs no --overwrite
     assert main(_fill(TRAIN, ctx) + ["--weights", "none", "--no-report", "--quiet"]) == 0
+
+
+# ------------------------------------------------ tables: every row loaded or counted
+
+def _summary(data, capsys, *options) -> dict:
+    assert main(["summary", str(data), "--json", *map(str, options)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_csv_row_is_loaded_or_counted(ctx, capsys):
+    data = ctx["data"]
+    lines = (data / "labels.csv").read_text().splitlines()
+    bad = [
+        'posters/0.jpg,"Action',  # a quote never closed: must not swallow the rows after it
+        "posters/1.jpg",  # a single field
+        "posters/2.jpg,Drama,extra,fields",  # more fields than the header
+        "posters/3.jpg,Dra\x00ma",  # a NUL inside a genre name
+    ]
+    body = lines[1:]
+    body[0:4] = bad  # the first data row has too many fields too: nothing may shift
+    body.insert(0, "posters/4.jpg,Comedy,one more")
+    (data / "labels.csv").write_text("\n".join([lines[0], *body]) + "\n")
+    summary = _summary(data, capsys)
+    assert summary["records"] == len(body) == summary["posters"] + summary["dropped"]["total"]
+    counts = summary["dropped"]["counts"]
+    assert counts["unclosed quote"] == 1 and counts["malformed genre string"] == 1
+    assert counts["wrong number of fields (expected 2)"] == 3  # the single field and both wide rows
+    assert set(summary["genre_counts"]) == set(GENRES)  # no 'Dra\x00ma', no shifted column as a genre
+
+
+def test_a_poster_listed_under_several_spellings_is_kept_once(ctx, capsys):
+    data = ctx["data"]
+    (data / "posters" / "link.jpg").symlink_to(data / "posters" / "5.jpg")
+    with open(data / "labels.csv", "a") as f:
+        f.write("./posters/6.jpg,Comedy\nposters//7.jpg,Drama\nposters/./8.jpg,Action\nposters/link.jpg,Drama\n")
+    summary = _summary(data, capsys)
+    assert summary["posters"] == 36 and summary["dropped"]["counts"] == {"same poster file as another row": 4}
+
+
+def _png_header_claiming(path: Path, width: int, height: int) -> None:
+    """A tiny valid PNG whose header claims width x height (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    write_image(path, size=(4, 4), fmt="PNG")
+    raw = bytearray(path.read_bytes())
+    ihdr = raw[12:29]  # chunk type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(raw))
+
+
+def test_odd_images_are_refused_with_a_counted_reason(ctx, capsys):
+    from PIL import Image
+
+    data, posters = ctx["data"], ctx["data"] / "posters"
+    Image.new("RGB", (20, 30), (200, 30, 30)).convert("P").save(posters / "0.jpg", format="BMP")
+    _png_header_claiming(posters / "1.jpg", 20000, 20000)
+    _png_header_claiming(posters / "3.jpg", 9000, 9000)
+    (posters / "2.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4 + b"\xff\xd9")
+    summary = _summary(data, capsys)
+    reasons = summary["dropped"]["counts"]
+    assert summary["posters"] == 32 and summary["dropped"]["total"] == 4
+    assert any("unsupported BMP (8-bit" in r for r in reasons), reasons
+    assert any("too large (9000x9000 pixels" in r for r in reasons), reasons
+    assert any("too large (over" in r for r in reasons), reasons  # PIL refuses the 20000x20000 header itself
+    assert any("cannot be decoded" in r for r in reasons), reasons
+    # the limit is the user's to move
+    assert _summary(data, capsys, "--max-pixels", 100_000_000)["posters"] == 33
+
+
+def test_nothing_decodable_is_a_clear_error(ctx, capsys):
+    for poster in (ctx["data"] / "posters").iterdir():
+        poster.write_bytes(b"\xff\xd8\xff" + bytes(range(256)) + b"\xff\xd9")
+    fails_cleanly(_fill(TRAIN, ctx), capsys, "no usable posters", "cannot be decoded")
+
+
+def test_accepted_formats_decode_to_the_pixels_pil_gives(tmp_path):
+    """Every format the loader accepts gives PIL's RGB pixels (JPEG within decoder rounding)."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from genrecls.datasets import image_problem
+
+    base = np.zeros((30, 20, 3), np.uint8)
+    base[:15], base[15:], base[:, :5] = (200, 30, 30), (20, 180, 90), (10, 10, 250)
+    image = Image.fromarray(base)
+    variants = {"jpeg": ("RGB", "JPEG"), "jpeg-grey": ("L", "JPEG"), "jpeg-cmyk": ("CMYK", "JPEG"),
+                "png": ("RGB", "PNG"), "png-alpha": ("RGBA", "PNG"), "png-palette": ("P", "PNG"),
+                "png-grey": ("L", "PNG"), "gif": ("RGB", "GIF"), "bmp": ("RGB", "BMP"), "bmp-palette": ("P", "BMP"),
+                "bmp-grey": ("L", "BMP"), "bmp-1bit": ("1", "BMP")}
+    accepted = set()
+    for name, (mode, fmt) in variants.items():
+        path = tmp_path / f"{name}.img"
+        image.convert(mode).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        if image_problem(path) is not None:
+            continue
+        accepted.add(name)
+        ours = tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False).numpy().astype(int)
+        pil = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        diff = np.abs(ours - pil)
+        if fmt == "JPEG":
+            assert diff.mean() < 2 and diff.max() <= 16, name
+        else:
+            assert diff.max() == 0, name
+    assert accepted == set(variants) - {"bmp-palette", "bmp-grey", "bmp-1bit"}
+
+
+def test_predict_names_the_files_it_cannot_read(ctx, capsys):
+    folder = ctx["tmp"] / "new"
+    write_image(folder / "a.jpg")
+    (folder / "b.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
+    (folder / "notes.txt").write_text("not a poster")
+    assert main(["predict", str(ctx["run"]), str(folder), "--json"]) == 0
+    results = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert set(results) == {"a.jpg", "b.webp"}
+    assert results["a.jpg"]["error"] is None and "WebP" in results["b.webp"]["error"]

@@ -151,3 +151,119 @@ def test_distributed_search_on_loopback(demo_dir, tmp_path):
     best = json.loads((out / "config.json").read_text())
     assert best["head"] == [int(table.loc[table["val_loss"].idxmin(), "units_0"])]
     assert "trial table written" in logs["chief"]
+
+
+# ---------------------------------------------------------------- failures and damaged inputs (issue #12)
+
+TINY_SPACE = {**SPACE, "units": [[8, 16]], "dropout": [False]}  # 2 x 2 = 4 distinct trials
+
+
+def _tune_args(demo_dir, out, space_file, trials=3):
+    return ["tune", str(demo_dir), "--mode", "multilabel", "--top-k", "3", "--backbone", "simple",
+            "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--max-trials", str(trials),
+            "--space", str(space_file), "--out", str(out), "--quiet"]
+
+
+def _fail_fit(monkeypatch, when=lambda hp: True):
+    """Training raises in the trials `when` picks: a trial failure keras-tuner catches and records."""
+    from genrecls.tuning import GenreHyperModel
+
+    def fit(self, hp, model, *args, **kwargs):
+        if when(hp):
+            raise ValueError("posters ran out")
+        return model.fit(*args, **kwargs)
+
+    monkeypatch.setattr(GenreHyperModel, "fit", fit)
+
+
+def test_a_search_whose_trials_all_failed_fails_and_writes_no_best_settings(demo_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    _fail_fit(monkeypatch)
+    (tmp_path / "space.json").write_text(json.dumps(TINY_SPACE))
+    out = tmp_path / "t"
+    assert main(_tune_args(demo_dir, out, tmp_path / "space.json", trials=3)) == 1
+    captured = capsys.readouterr()
+    assert "genrecls: error: all 3 trials failed: ValueError: posters ran out" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "3 of 3 trials failed" in captured.out  # keras-tuner stops after 3 in a row; we report, not crash
+    assert not (out / "config.json").exists()
+    table = pd.read_csv(out / "trials.csv")
+    assert set(table["status"]) == {"FAILED"} and set(table["error"]) == {"ValueError: posters ran out"}
+
+
+def test_failed_trials_are_reported_and_the_best_completed_one_is_kept(demo_dir, tmp_path, capsys, monkeypatch):
+    _fail_fit(monkeypatch, when=lambda hp: hp.get("units_0") == 8)
+    cfg = _cfg(demo_dir, image_size=16, epochs=1)
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(TINY_SPACE))
+    table = tune(cfg, tmp_path / "t", max_trials=4, space=load_space(path, cfg))
+    assert "2 of 4 trials failed" in capsys.readouterr().out
+    failed = table[table["units_0"] == 8]
+    assert set(failed["status"]) == {"FAILED"} and set(failed["error"]) == {"ValueError: posters ran out"}
+    assert set(table[table["units_0"] == 16]["status"]) == {"COMPLETED"}
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["head"] == [16]
+    assert pd.read_csv(tmp_path / "t" / "trials.csv")["error"].notna().sum() == 2
+
+    oracle = tmp_path / "t" / "tuner" / "search" / "oracle.json"  # keras-tuner's own state, half-written
+    oracle.write_text(oracle.read_text()[:50])
+    with pytest.raises(GenreclsError, match="keras-tuner's files there are damaged .*--overwrite"):
+        tune(cfg, tmp_path / "t", max_trials=4, space=load_space(path, cfg))
+
+
+BAD_SPACES = [  # (file content, what the one-line error must name)
+    ("units: [64", "as JSON"),
+    ("null", "not null"),
+    ("[1, 2]", "not list"),
+    ('{"colour": [1]}', "colour"),
+    ('{"learning_rate": ["fast"]}', "learning_rate"),
+    ('{"learning_rate": [NaN]}', "learning_rate"),
+    ('{"learning_rate": {"min": 0.001, "max": Infinity}}', "learning_rate.max"),
+    ('{"learning_rate": []}', "learning_rate is an empty list"),
+    ('{"dropout_rate": {"min": 0.5, "max": 0.1}}', "dropout_rate.min (0.5) is above"),
+    ('{"dropout": {"min": 0, "max": 1}}', "dropout"),
+    ('{"units": 64}', "units"),
+    ('{"units": [{"min": 8}]}', "units[0]"),
+    ('{"units": [{"min": 8, "max": 32, "step": 0}]}', "units[0].step"),
+    ('{"units": [[16, "32"]]}', "units[0]"),
+    ('{"fine_tune_last": [0.5]}', "fine_tune_last"),
+]
+
+
+@pytest.mark.parametrize("text,named", BAD_SPACES)
+def test_a_bad_space_file_is_one_line_naming_the_file_and_key(demo_dir, tmp_path, capsys, text, named):
+    path = tmp_path / "space.json"
+    path.write_text(text)
+    assert main(_tune_args(demo_dir, tmp_path / "t", path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("genrecls: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err and named in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_damaged_search_json_on_resume_says_which_file_and_what_to_do(demo_dir, tmp_path, capsys):
+    from genrecls.runs import RunFolder
+
+    (tmp_path / "space.json").write_text(json.dumps(TINY_SPACE))
+    out = tmp_path / "t"
+    cfg = _cfg(demo_dir)
+    RunFolder.claim(out, {**cfg.to_json(), "search_space": TINY_SPACE}, kind="search")
+    good = json.loads((out / "search.json").read_text())
+    for damaged, named in [((out / "search.json").read_text()[:40], "damaged"), ("null", "search_space"),
+                           ("[1]", "search_space"), (json.dumps({**good, "epochs": "many"}), "epochs"),
+                           (json.dumps({**good, "search_space": [1]}), "search_space")]:
+        (out / "search.json").write_text(damaged)
+        assert main(_tune_args(demo_dir, out, tmp_path / "space.json")) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(out / "search.json") in err and named in err and "--overwrite" in err, err
+
+
+@pytest.mark.parametrize("where", ["file", "inside_file"])
+def test_tune_out_on_a_regular_file_is_one_line(demo_dir, tmp_path, capsys, where):
+    (tmp_path / "space.json").write_text(json.dumps(TINY_SPACE))
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" if where == "file" else tmp_path / "notes.txt" / "search"
+    assert main(_tune_args(demo_dir, out, tmp_path / "space.json")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("genrecls: error: ") and err.count("\n") == 1 and "--out" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
