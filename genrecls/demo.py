@@ -95,7 +95,8 @@ def _claim(out: Path) -> None:
         ours = None
     if ours is None:
         raise GenreclsError(f"{out} already holds files genrecls did not write (no demo {MARKER}); "
-                            "name a new or empty folder for the demo dataset")
+                            "name a new or empty folder for the demo dataset (a demo set made before "
+                            f"{MARKER} existed must be deleted by hand)")
     present = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()}
     foreign = sorted(present - ours - {MARKER})
     if foreign:

@@ -62,6 +62,7 @@ TIMEOUT = "timeout"
 DEADLINE = "deadline exceeded"
 TOO_LARGE = "too large"
 INTERRUPTED = "interrupted"
+EXISTING = "a file genrecls did not write is in the way"
 
 DOWNLOADED, SKIPPED, FAILED, DUPLICATE = "downloaded", "skipped", "failed", "duplicate"
 
@@ -369,8 +370,13 @@ class _Fetcher:
         try:
             if self.stop.is_set():
                 return FAILED, INTERRUPTED
-            if final.exists() and image_problem(final) is None:
-                return SKIPPED, None
+            if os.path.lexists(final):
+                # genrecls only ever renames a validated download into place, so a broken file
+                # here is not its own: report it, never replace it.
+                problem = image_problem(final)
+                if problem is None:
+                    return SKIPPED, None
+                return FAILED, f"{EXISTING}: {final.name} ({problem}); move it away to download it again"
             problem = _url_problem(url)
             if problem:
                 return FAILED, problem

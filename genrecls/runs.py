@@ -161,7 +161,7 @@ class RunFolder:
         if self.is_legacy:
             return {"kind": "run", "finished": True, "legacy": True}
         if (self.path / MARKER).exists() and not self.is_genrecls:
-            raise GenreclsError(f"{self.path / MARKER} is damaged or not genrecls's own marker, so genrecls "
+            raise GenreclsError(f"{self.path / MARKER} is damaged or genrecls did not write it, so genrecls "
                                 "will neither read nor replace this folder; choose another folder")
         return _read_json(self.path / MARKER, "the run marker")
 
@@ -190,8 +190,9 @@ class RunFolder:
             shutil.rmtree(run.path)
             occupied = False
         if occupied:
-            # a damaged settings file is named, not taken for "other settings"
-            saved = run.load_search() if kind == "search" else run.load_config().to_json()
+            saved = run.load_search() if kind == "search" else _read_json(run.path / SETTINGS[kind], "settings")
+            if kind == "run":
+                run.load_config()  # a damaged config.json is named, not taken for "other settings"
             saved.pop("versions", None)
             if run.marker().get("finished"):
                 raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
@@ -265,7 +266,7 @@ class RunFolder:
         if not path.is_file():
             raise GenreclsError(f"{self.path} has no {SEARCH} (the search settings); {fix}")
         try:
-            doc = _read_json(path, "the search settings")
+            doc = _read_json(path, "the search settings", expect=None)
         except GenreclsError as exc:
             raise GenreclsError(f"{exc}; {fix}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("search_space"), dict):
@@ -355,10 +356,10 @@ class RunFolder:
 
     def load_model(self):
         """The trained model (safe mode: nothing is unpickled), checked against the genre vocabulary."""
-        genres = self.load_vocab().names
         for candidate in (self.model_path, self.combined_path):
             if candidate.exists():
                 model = load_keras(candidate)
+                genres = self.load_vocab().names
                 outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
                 if outputs != len(genres):
                     raise damaged(self.path / GENRES, "the genre vocabulary",

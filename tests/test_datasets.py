@@ -11,6 +11,7 @@ from genrecls.datasets import (
     NO_POSTER,
     OUTSIDE_FOLDER,
     UNPARSEABLE,
+    WRONG_FIELDS,
     detect_format,
     image_problem,
     load_dataset,
@@ -101,7 +102,7 @@ def test_kaggle_table(tmp_path):
     assert table.format == "kaggle"
     assert table.frame["title"].tolist() == ["Toy Story"]
     assert table.frame["genres"].tolist() == [["Animation", "Adventure", "Comedy"]]
-    assert table.dropped.counts == {NO_POSTER: 1, NO_GENRE: 1, UNPARSEABLE: 1}
+    assert table.dropped.counts == {NO_POSTER: 1, NO_GENRE: 1, f"{WRONG_FIELDS} (expected 6)": 1}
 
 
 def test_csv_default_columns_and_escaping_paths(tmp_path):

@@ -252,26 +252,30 @@ def test_resume_after_interrupted_run(server, tmp_path, capsys):
     out = tmp_path / "posters"
     out.mkdir()
     (out / "1.jpg").write_bytes(posters[1])  # complete: kept, no request
-    (out / "2.jpg").write_bytes(posters[2][: len(posters[2]) // 2])  # corrupt: fetched again
+    (out / "2.jpg").write_bytes(posters[2][: len(posters[2]) // 2])  # not genrecls's: reported, never replaced
     (out / ".3.jpg.part").write_bytes(posters[3][:100])  # what a killed run leaves
     (out / REPORT_NAME).write_text("id,url,reason\nold,http://x/,stale\n")
     table = write_table(tmp_path / "MovieGenre.csv", [(str(n), url(f"/poster/{n}")) for n in (1, 2, 3)])
 
     summary = download_posters(table, out, **{**FAST, "progress": True})
 
-    assert (summary.downloaded, summary.skipped, summary.failed) == (2, 1, 0)
-    assert summary.to_dict()["failed"] == 0 and summary.report == out / REPORT_NAME
-    assert dict(server.hits) == {"/poster/2": 1, "/poster/3": 1}
+    assert (summary.downloaded, summary.skipped, summary.failed) == (1, 1, 1)
+    assert summary.report == out / REPORT_NAME
+    assert dict(server.hits) == {"/poster/3": 1}
     assert sorted(os.listdir(out)) == ["1.jpg", "2.jpg", "3.jpg", REPORT_NAME]  # .part gone
-    for n in (1, 2, 3):
+    assert (out / "2.jpg").read_bytes() == posters[2][: len(posters[2]) // 2]
+    for n in (1, 3):
         assert (out / f"{n}.jpg").read_bytes() == posters[n]
-    assert read_report(out) == []  # the stale report was replaced
+    [failure] = read_report(out)  # the stale report was replaced
+    assert failure["id"] == "2" and "did not write" in failure["reason"] and "move it away" in failure["reason"]
     err = capsys.readouterr().err
-    assert "posters 3/3: 2 downloaded, 1 skipped, 0 failed" in err
+    assert "posters 3/3: 1 downloaded, 1 skipped, 1 failed" in err
 
+    (out / "2.jpg").unlink()  # the user moved it away
     again = download_posters(table, out, **FAST)
-    assert (again.downloaded, again.skipped, again.failed) == (0, 3, 0)
-    assert sum(server.hits.values()) == 2  # the rerun made no request
+    assert (again.downloaded, again.skipped, again.failed) == (1, 2, 0)
+    assert (out / "2.jpg").read_bytes() == posters[2]
+    assert sum(server.hits.values()) == 2  # the rerun asked only for the missing poster
     assert capsys.readouterr().err == ""  # progress=False is silent
 
 

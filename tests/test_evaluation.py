@@ -11,7 +11,7 @@ from genrecls import report as report_module
 from genrecls.cli import main
 from genrecls.evaluation import evaluate_predictions, map_at_k, most_common_prediction, random_guess_f1
 from genrecls.policies import argmax, fixed, per_genre_thresholds
-from genrecls.report import compare_runs, evaluate_run
+from genrecls.report import COMPARISON_HEAD, compare_runs, evaluate_run
 from genrecls.training import train
 from tests.helpers import tiny_config
 
@@ -122,7 +122,7 @@ def test_evaluate_and_compare_cli(demo_run, tmp_path, capsys):
     assert "optimistic" in (demo_run / "report.md").read_text()
     assert main(["compare", str(demo_run), str(demo_run), "--out", str(tmp_path)]) == 0
     assert "macro F1" in capsys.readouterr().out
-    assert (tmp_path / "comparison.md").read_text().startswith("| genre |")
+    assert (tmp_path / "comparison.md").read_text().startswith(COMPARISON_HEAD + "| genre |")
     table = compare_runs([demo_run, demo_run])
     assert list(table.index[:3]) == json.loads((demo_run / "genres.json").read_text())["genres"]
     assert main(["compare", str(demo_run)]) == 1
