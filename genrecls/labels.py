@@ -295,25 +295,26 @@ def split_posters(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     strata: Sequence[int] | None = None,
+    one_label: bool = False,
 ) -> Split:
     """The train/validation/test split of a labelled table: the one place it is made.
 
-    Every mode gets the same split of a table and seed, stratified on every
-    genre at once by iterative stratification, so runs in different modes are
-    scored on the same test posters (`genrecls compare`). With strata
-    (multiclass, which learns the collapsed label) every collapsed class must
-    also reach every part. Either way a genre missing from a part is a
-    GenreclsError that names the genre and the fix.
+    Every mode gets the same split of a table and seed, stratified by
+    iterative stratification on every genre and on the collapsed label
+    (strata) at once, so runs in different modes are scored on the same test
+    posters (`genrecls compare`). one_label (multiclass, which learns the
+    collapsed label) also requires every collapsed class in every part.
+    A genre missing from a part is a GenreclsError naming the genre and the fix.
     """
-    if strata is not None:
-        strata = np.asarray(strata)
-        _refuse_rare(dict(sorted(Counter(strata.tolist()).items())), names, fractions, "collapsed to",
+    collapsed = None if strata is None else np.eye(Y.shape[1], dtype=bool)[np.asarray(strata)]
+    if strata is not None and one_label:
+        _refuse_rare(dict(enumerate(collapsed.sum(axis=0).tolist())), names, fractions, "collapsed to",
                      "try the other --collapse rule, leave {it} out with --top-k or --genres, "
                      "or train in multilabel or ova mode, which learn every genre")
-    split = multilabel_split(Y, fractions, seed, names)
+    split = multilabel_split(Y, fractions, seed, names, also=collapsed)
     check_split_covers(Y, split, names)
-    if strata is not None:
-        check_split_covers(np.eye(Y.shape[1])[strata], split, [f"{n} (collapsed)" for n in names])
+    if one_label:
+        check_split_covers(collapsed, split, [f"{n} (collapsed)" for n in names])
     return split
 
 
@@ -370,8 +371,11 @@ def multilabel_split(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     names: Sequence[str] | None = None,
+    also: np.ndarray | None = None,
 ) -> Split:
-    """Seeded train/validation/test indices, stratified on every genre at once (multilabel, ova).
+    """Seeded train/validation/test indices, stratified on every genre at once.
+
+    also: further label columns to stratify on (the collapsed label), never refused as rare.
 
     Iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML PKDD 2011):
     take the genre with the fewest posters still unplaced and deal those
@@ -394,6 +398,8 @@ def multilabel_split(
     sizes = _part_sizes(len(Y), fractions)
     _refuse_rare(dict(enumerate(Y.sum(axis=0).tolist())), names, fractions, "of",
                  "leave {it} out with --min-count {needed}, --top-k or --genres")
+    if also is not None:
+        Y = np.hstack([Y, np.asarray(also) > 0])
     room = sizes.copy()  # posters each part still takes
     want = np.outer(sizes / len(Y), Y.sum(axis=0))  # posters of each genre each part still wants
     has = np.zeros(want.shape, dtype=bool)  # part already holds the genre

@@ -63,8 +63,8 @@ def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: Genr
     keep = keep_labelled(Y)
     Y = Y[keep]
     strata = collapse(Y, cfg.collapse)
-    one_label = get_mode(cfg.mode).one_hot  # multiclass must also see every collapsed class in every part
-    split = split_posters(Y, vocab.names, cfg.split, cfg.seed, strata if one_label else None)
+    # one split for every mode; multiclass, which learns the collapsed label, needs it in every part
+    split = split_posters(Y, vocab.names, cfg.split, cfg.seed, strata, one_label=get_mode(cfg.mode).one_hot)
     return PreparedData(
         table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
         Y, strata, split, len(table) - len(keep),
