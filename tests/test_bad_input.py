@@ -331,3 +331,11 @@ def test_predict_names_the_files_it_cannot_read(ctx, capsys):
     results = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
     assert set(results) == {"a.jpg", "b.webp"}
     assert results["a.jpg"]["error"] is None and "WebP" in results["b.webp"]["error"]
+
+
+def test_evaluate_when_the_posters_became_undecodable(ctx, capsys):
+    out = ctx["tmp"] / "out"
+    assert main(_fill(TRAIN, ctx) + ["--weights", "none", "--no-report", "--quiet"]) == 0
+    for poster in (ctx["data"] / "posters").iterdir():
+        poster.write_bytes(b"\xff\xd8\xff" + bytes(range(256)) + b"\xff\xd9")
+    fails_cleanly(["evaluate", out], capsys, "no usable posters")

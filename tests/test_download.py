@@ -168,6 +168,15 @@ def write_table(path: Path, rows, encoding="utf-8") -> Path:
     return path
 
 
+def timed_download(tmp_path: Path, rows, **options):
+    """(poster folder, summary, seconds) of downloading rows into tmp_path/posters."""
+    table = write_table(tmp_path / "MovieGenre.csv", rows)
+    out = tmp_path / "posters"
+    start = time.monotonic()
+    summary = download_posters(table, out, **options)
+    return out, summary, time.monotonic() - start
+
+
 def read_report(out: Path) -> list[dict]:
     with open(out / REPORT_NAME, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -342,12 +351,7 @@ def test_bad_input_says_what_to_do(tmp_path):
 def test_deadline_bounds_a_request_however_slowly_its_bytes_come(server, tmp_path):
     url = server.url
     rows = [("body", url("/trickle")), ("head", url("/trickle-head")), ("1", url("/poster/1"))]
-    table = write_table(tmp_path / "MovieGenre.csv", rows)
-    out = tmp_path / "posters"
-
-    start = time.monotonic()
-    summary = download_posters(table, out, workers=3, **{**FAST, "deadline": 1.0})
-    elapsed = time.monotonic() - start
+    out, summary, elapsed = timed_download(tmp_path, rows, workers=3, **{**FAST, "deadline": 1.0})
 
     # Without the deadline: about an hour for the body, as each read is quick.
     assert elapsed < 3
@@ -418,12 +422,7 @@ def test_cleanup_removes_only_the_part_files_of_the_tables_ids(server, tmp_path)
 def test_replies_refused_for_what_they_say(server, tmp_path):
     url = server.url
     rows = [("loop", url("/loop")), ("huge", url("/huge-declared")), ("html", url("/html"))]
-    table = write_table(tmp_path / "MovieGenre.csv", rows)
-    out = tmp_path / "posters"
-
-    start = time.monotonic()
-    summary = download_posters(table, out, max_bytes=40_000, **{**FAST, "timeout": 5})
-    elapsed = time.monotonic() - start
+    out, summary, elapsed = timed_download(tmp_path, rows, max_bytes=40_000, **{**FAST, "timeout": 5})
 
     reasons = {row["id"]: row["reason"] for row in read_report(out)}
     assert summary.failed == 3 and summary.downloaded == 0
