@@ -376,6 +376,9 @@ def test_ctrl_c_stops_at_once_and_leaves_no_part_file(server, tmp_path):
         parts_before.extend(p.name for p in out.glob(".*.part"))
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal sends it
 
+    # Python only turns SIGINT into KeyboardInterrupt when it was not ignored at start-up, and a
+    # shell's background job starts with it ignored: install the handler a terminal session has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, ctrl_c)
     start = time.monotonic()
     timer.start()
@@ -383,6 +386,7 @@ def test_ctrl_c_stops_at_once_and_leaves_no_part_file(server, tmp_path):
         download_posters(table, out, workers=2, timeout=30, retries=3, progress=False)
     elapsed = time.monotonic() - start
     timer.join()
+    signal.signal(signal.SIGINT, previous)
 
     assert parts_before == [".hang.jpg.part"]  # interrupted mid-transfer
     assert elapsed < 3  # not the 30 s read timeout, nor the 60 s back-off
