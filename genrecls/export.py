@@ -38,6 +38,8 @@ from genrecls.runs import MARKER, RunFolder
 
 log = logging.getLogger(__name__)
 METADATA = "metadata.json"
+# What an export folder holds: a SavedModel and genrecls's metadata (nothing else may be replaced with it).
+EXPORT_NAMES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA}
 OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")  # reported, never decoded
 
 
@@ -79,7 +81,7 @@ def claim_export(out: Path, format: str) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise GenreclsError(f"{out} is a file or a link; name a new folder for the export")
     if out.is_dir() and any(out.iterdir()):
-        if not _ours(out / METADATA):
+        if not _ours(out / METADATA) or {p.name for p in out.iterdir()} - EXPORT_NAMES:
             raise GenreclsError(f"{out} already holds files genrecls did not write; name a new folder for "
                                 "the export (genrecls never overwrites what it did not create)")
         shutil.rmtree(out)

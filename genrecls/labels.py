@@ -307,10 +307,8 @@ def split_posters(
     A genre missing from a part is a GenreclsError naming the genre and the fix.
     """
     collapsed = None if strata is None else np.eye(Y.shape[1], dtype=bool)[np.asarray(strata)]
-    if strata is not None and one_label:
-        _refuse_rare(dict(enumerate(collapsed.sum(axis=0).tolist())), names, fractions, "collapsed to",
-                     "try the other --collapse rule, leave {it} out with --top-k or --genres, "
-                     "or train in multilabel or ova mode, which learn every genre")
+    if one_label:  # strata given: multiclass learns them
+        _refuse_rare_collapsed(dict(enumerate(collapsed.sum(axis=0).tolist())), names, fractions)
     split = multilabel_split(Y, fractions, seed, names, also=collapsed)
     check_split_covers(Y, split, names)
     if one_label:
@@ -340,6 +338,13 @@ def _refuse_rare(counts: dict, names: Sequence[str] | None, fractions, of: str, 
         )
 
 
+def _refuse_rare_collapsed(counts: dict, names, fractions) -> None:
+    """`_refuse_rare` for collapsed labels (class index -> posters), with the fixes that apply to them."""
+    _refuse_rare(counts, names, fractions, "collapsed to",
+                 "try the other --collapse rule, leave {it} out with --top-k or --genres, "
+                 "or train in multilabel or ova mode, which learn every genre")
+
+
 def stratified_split(
     strata: Sequence[int],
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
@@ -356,9 +361,7 @@ def stratified_split(
     """
     strata = np.asarray(strata)
     _part_sizes(len(strata), fractions)  # checks the fractions; scikit-learn makes the same sizes
-    _refuse_rare(dict(sorted(Counter(strata.tolist()).items())), names, fractions, "collapsed to",
-                 "try the other --collapse rule, leave {it} out with --top-k or --genres, "
-                 "or train in multilabel or ova mode, which stratify on every genre")
+    _refuse_rare_collapsed(dict(sorted(Counter(strata.tolist()).items())), names, fractions)
     idx = np.arange(len(strata))
     train, rest = train_test_split(idx, train_size=fractions[0], stratify=strata, random_state=seed)
     val_share = fractions[1] / (fractions[1] + fractions[2])

@@ -79,6 +79,13 @@ def _write_json(path: Path, doc) -> None:
     os.replace(tmp, path)  # never a half-written file
 
 
+def _checked_config(path: Path, doc: dict) -> TrainConfig:
+    try:
+        return TrainConfig.from_json(doc)
+    except GenreclsError as exc:
+        raise damaged(path, "settings", exc) from None
+
+
 def save_keras(model, path: Path) -> Path:
     """model.save through a temporary name, so a kill never leaves a half-written model behind."""
     tmp = path.with_name(path.stem + ".partial.keras")
@@ -190,9 +197,11 @@ class RunFolder:
             shutil.rmtree(run.path)
             occupied = False
         if occupied:
-            saved = run.load_search() if kind == "search" else _read_json(run.path / SETTINGS[kind], "settings")
-            if kind == "run":
-                run.load_config()  # a damaged config.json is named, not taken for "other settings"
+            if kind == "search":
+                saved = run.load_search()
+            else:  # checked, so a damaged config.json is named, not taken for "other settings"
+                saved = _read_json(run.path / CONFIG, "settings")
+                _checked_config(run.path / CONFIG, saved)
             saved.pop("versions", None)
             if run.marker().get("finished"):
                 raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
@@ -250,15 +259,10 @@ class RunFolder:
 
     # ------------------------------------------------------------- parts
 
-    def load_config(self, data: str | None = None, kind: str = "run") -> TrainConfig:
-        path = self.path / SETTINGS[kind]
+    def load_config(self, data: str | None = None) -> TrainConfig:
+        path = self.path / CONFIG
         doc = _read_json(path, "settings")
-        if data:
-            doc["data"] = data
-        try:
-            return TrainConfig.from_json(doc)
-        except GenreclsError as exc:
-            raise damaged(path, "settings", exc) from None
+        return _checked_config(path, {**doc, "data": data} if data else doc)
 
     def load_search(self) -> dict:
         """The settings a search started with (its config and search_space), checked before a resume."""

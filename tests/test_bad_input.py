@@ -339,3 +339,13 @@ def test_evaluate_when_the_posters_became_undecodable(ctx, capsys):
     for poster in (ctx["data"] / "posters").iterdir():
         poster.write_bytes(b"\xff\xd8\xff" + bytes(range(256)) + b"\xff\xd9")
     fails_cleanly(["evaluate", out], capsys, "no usable posters")
+
+
+def test_export_replaces_only_an_export_of_its_own(ctx, capsys):
+    out = ctx["tmp"] / "export"
+    assert main(["export", str(ctx["run"]), "--out", str(out)]) == 0
+    assert main(["export", str(ctx["run"]), "--out", str(out)]) == 0  # its own earlier export: replaced
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    fails_cleanly(["export", ctx["run"], "--out", out], capsys, "did not write")
+    assert (out / "notes.txt").read_text() == "mine"
