@@ -188,7 +188,7 @@ def cmd_quality(args) -> None:
 def cmd_export(args) -> None:
     from genrecls.export import export_run
 
-    out = export_run(args.run, args.out, args.format)
+    out = export_run(args.run, args.out, args.format, verbose=True)
     print(f"exported to {out}")
 
 

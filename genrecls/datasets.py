@@ -29,6 +29,7 @@ from PIL import Image
 
 from genrecls.config import MAX_PIXELS
 from genrecls.errors import GenreclsError
+from genrecls.progress import progress_bar
 
 FORMATS = ("movielens", "letterboxd", "kaggle", "csv")
 # The file whose presence identifies each format, checked in this order.
@@ -210,12 +211,18 @@ def _header_problem(path, max_pixels: int | None) -> str | None:
     return None
 
 
-def image_problems(paths: list[str], max_pixels: int | None = MAX_PIXELS, workers: int = 8) -> list[str | None]:
-    """`image_problem` for many files, on a few threads (the reads release the GIL)."""
-    if len(paths) < 256:
-        return [image_problem(p, max_pixels) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(image_problem, paths, [max_pixels] * len(paths), chunksize=64))
+def image_problems(paths: list[str], max_pixels: int | None = MAX_PIXELS, workers: int = 8,
+                   verbose: int | str = 0) -> list[str | None]:
+    """`image_problem` for many files, on a few threads (the reads release the GIL; one for a few files).
+
+    verbose: progress as in genrecls.progress (0, the default: none)."""
+    progress = progress_bar(len(paths), f"checking {len(paths):,} poster files", verbose, unit="file")
+    problems = []
+    with ThreadPoolExecutor(max_workers=workers if len(paths) >= 256 else 1) as pool:
+        for problem in pool.map(image_problem, paths, [max_pixels] * len(paths), chunksize=64):
+            problems.append(problem)
+            progress.add(1)
+    return problems
 
 
 # --------------------------------------------------------------------- helpers
@@ -428,6 +435,7 @@ def load_dataset(
     genre_sep: str = "|",
     check_images: bool = True,
     max_pixels: int = MAX_PIXELS,
+    verbose: int | str = 0,
     **csv_options,
 ) -> PosterTable:
     """Read a dataset folder into a `PosterTable`.
@@ -437,6 +445,7 @@ def load_dataset(
     check_images: sniff each poster's bytes and header and drop empty,
         truncated, undecodable and non-image files and those above max_pixels
         pixels (counted), so training never meets them.
+    verbose: progress of those checks, as in genrecls.progress (0: none).
     The same poster file reached by several rows (posters/1.jpg,
     ./posters/1.jpg, a link) is kept once and the others counted, so one
     poster can never land in two split parts.
@@ -506,7 +515,7 @@ def load_dataset(
     frame["genres"] = merge_case_variants(list(frame["genres"]))
 
     if check_images and len(frame):
-        problems = image_problems(list(frame["path"]), max_pixels)
+        problems = image_problems(list(frame["path"]), max_pixels, verbose=verbose)
         keep = []
         for path, problem in zip(frame["path"], problems):
             if problem:

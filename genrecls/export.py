@@ -94,8 +94,11 @@ def _decisions(probabilities, genres, policy: Policy) -> dict:
     return {"probabilities": probabilities, "above_threshold": above, "genres_above": names}
 
 
-def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, format: str = "saved_model") -> Path:
-    """Write the run's model as a SavedModel serving bytes (or a .tflite of the pixel model)."""
+def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, format: str = "saved_model",
+               verbose: bool = False) -> Path:
+    """Write the run's model as a SavedModel serving bytes (or a .tflite of the pixel model).
+
+    verbose: say when the slow part (tracing and writing the graph, often tens of seconds) starts."""
     if format not in ("saved_model", "tflite"):
         raise GenreclsError(f"export format must be saved_model or tflite, not {format!r}")
     folder = RunFolder.open(run)
@@ -103,6 +106,9 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None, for
     claim_export(out, format)
     policy, meta = run_policy(folder)
     model = folder.load_model()
+    if verbose:
+        print(f"tracing the model and writing {'a LiteRT model' if format == 'tflite' else 'the SavedModel'} "
+              f"to {out}", flush=True)
     if format == "tflite":
         return _export_tflite(model, meta, out)
     size, resize = meta["image_size"], meta["resize"]

@@ -11,7 +11,8 @@ Files are read only as batches are needed, so memory does not grow with the
 number of posters. Before building the dataset each file's first and last
 bytes are checked, and empty, truncated or non-image files are skipped with a
 warning that names them; anything that still fails to decode is skipped by
-tf.data (and logged) rather than stopping an epoch halfway.
+tf.data (and logged) rather than stopping an epoch halfway. Datasets for
+Keras keep their length (`keep_length`), so progress bars have their total.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def make_dataset(
     check_files: bool = True,
     skip_errors: bool = True,
     deterministic: bool = True,
+    keep_length: bool = False,
 ) -> tf.data.Dataset:
     """A batched tf.data.Dataset of (image, label), or images alone without labels.
 
@@ -158,6 +160,13 @@ def make_dataset(
         False lets parallel decoding hand out batches as they finish.
     shuffle: reshuffled every epoch from `seed`. Without a cache the file
         list is shuffled before reading, which costs no image memory.
+    keep_length: every pass yields exactly one element per path, so the
+        dataset's length is known (skipping decode errors otherwise hides it,
+        and Keras's first epoch then has no total and ends with a "ran out of
+        data" warning). A poster that fails to decode at run time is stood in
+        for by one from the next pass, so the epoch still ends normally. For
+        fitting; where each poster must count once, leave it off or drop the
+        repeats by a label that names the row.
     """
     paths = [os.fspath(p) for p in paths]
     if not paths:
@@ -188,6 +197,8 @@ def make_dataset(
     if skip_errors:
         # Safety net for files that pass the loader's byte checks yet fail to decode.
         ds = ds.ignore_errors(log_warning=True)
+        if keep_length:  # cut an endless repeat at the length: known to tf.data, and true
+            ds = ds.repeat().take(len(paths))
     if cache:
         ds = ds.cache("" if cache == "memory" else _cache_file(cache, paths, labels, image_size, resize))
         if shuffle:

@@ -20,6 +20,7 @@ from genrecls.datasets import PosterTable, load_dataset
 from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
 from genrecls.modes import get_mode
 from genrecls.pipeline import Augmentation, make_dataset
+from genrecls.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class PreparedData:
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
     """Load the table, fit (or reuse) the vocabulary, encode, and split (labels.split_posters) with the seed."""
     table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
-                                  **cfg.csv_options)
+                                  verbose=cfg.verbose, **cfg.csv_options)
     genre_lists = list(table.frame["genres"])
     vocab = vocab or GenreVocabulary.fit(
         genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres
@@ -82,10 +83,7 @@ def extract_features(backbone: keras.Model, paths, cfg: TrainConfig) -> tuple[np
                       resize=cfg.resize, check_files=False)
     features = np.zeros((n, backbone.output_shape[-1]), dtype="float32")
     decoded = np.zeros(n, dtype=bool)
-    verbose = cfg.verbose if cfg.verbose in (0, 2) else 1
-    progress = keras.utils.Progbar(n, unit_name="poster", verbose=verbose)
-    if verbose:
-        print(f"computing {backbone.name} features of {n} posters once", flush=True)
+    progress = progress_bar(n, f"computing {backbone.name} features of {n} posters once", cfg.verbose)
     for images, idx in ds:
         idx = idx.numpy()
         features[idx] = backbone(images, training=False).numpy()
@@ -117,17 +115,28 @@ class Inputs:
             if training:
                 ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
             return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+        # keep_length: Keras knows each epoch's length even if a poster fails at decode (another stands in
+        # for it: a validation loss may count one poster twice; predict_split drops the repeat)
         return make_dataset(
             self.paths[idx], targets, image_size=cfg.image_size, batch_size=cfg.batch_size,
             resize=cfg.resize, shuffle=training, seed=cfg.seed, cache=cfg.cache,
-            augment=Augmentation() if (training and cfg.augment) else None, check_files=False,
+            augment=Augmentation() if (training and cfg.augment) else None, check_files=False, keep_length=True,
         )
 
 
-def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and the row index of each (rows travel with the inputs, so skips cannot misalign)."""
-    batches = [(model(x, training=False).numpy(), rows.numpy())
-               for x, rows in inputs.dataset(idx, idx.astype("int64"), training=False)]
+def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, part: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and the row index of each; `part` names the posters in the progress line.
+
+    Rows travel with the inputs, so a poster skipped at decode cannot misalign the others, and the
+    stand-in that keeps the dataset's length (a repeated poster) is dropped by its row.
+    """
+    progress = progress_bar(len(idx), f"predicting {len(idx)} {part + ' ' if part else ''}posters", inputs.cfg.verbose)
+    batches = []
+    for x, rows in inputs.dataset(idx, idx.astype("int64"), training=False):
+        batches.append((model(x, training=False).numpy(), rows.numpy()))
+        progress.add(len(batches[-1][1]))
     if not batches:
         return np.zeros((0, model.output_shape[-1]), "float32"), np.zeros(0, "int64")
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    rows = np.concatenate([b[1] for b in batches])
+    first = np.sort(np.unique(rows, return_index=True)[1])
+    return np.concatenate([b[0] for b in batches])[first], rows[first]

@@ -76,11 +76,11 @@ def evaluate_run(
         policy = fixed(len(names), float(threshold))
     else:
         val_rows, _ = prepared.rows(saved["val"])
-        p_val, val_seen = predict_split(model, inputs, val_rows)
+        p_val, val_seen = predict_split(model, inputs, val_rows, "validation")
         policy = choose_policy(prepared.Y[val_seen], p_val, optimize or cfg.optimize)
     folder.save_policy(policy, names)
 
-    probabilities, seen = predict_split(model, inputs, rows)
+    probabilities, seen = predict_split(model, inputs, rows, split)
     report = evaluate_predictions(
         prepared.Y[seen], probabilities, names, policy,
         train_truth=prepared.Y[train_rows], true_class=prepared.strata[seen], k=k,

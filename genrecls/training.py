@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import keras
@@ -60,12 +59,9 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))
-    with warnings.catch_warnings():
-        # tf.data's error skipping hides the dataset length, so Keras warns at each
-        # first epoch's end that the data "ran out": expected, not a problem.
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                  class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
+    # The datasets know their length (pipeline keep_length), so every epoch's bar has its total.
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+              class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
     return pd.read_csv(history) if history.exists() else pd.DataFrame()
 
 
@@ -152,7 +148,7 @@ class Trainer:
             return np.ones(k), np.zeros(k)
         if cfg.calibration == "prior":
             return np.ones(k), bias
-        p_val, rows = predict_split(model, inputs, split.val)
+        p_val, rows = predict_split(model, inputs, split.val, "validation")
         shifted = calibration.apply(p_val, 1.0, bias, self.mode.activation)
         if self.mode.activation == "softmax":
             scale = calibration.fit_temperature(data.strata[rows], shifted)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from genrecls.datasets import image_problem, image_problems
 from genrecls.errors import GenreclsError
 from genrecls.pipeline import Augmentation, decode_image, make_dataset
 from tests.helpers import write_image
@@ -120,3 +122,72 @@ def test_images_without_labels_and_input_errors(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"")
     with pytest.raises(GenreclsError, match="none of the posters"):
         make_dataset([tmp_path / "bad.jpg"])
+
+
+def _posters_with_one_that_fails_at_decode(folder, n: int = 10, bad: int = 3) -> list:
+    """n noise JPEGs; poster `bad` passes the byte and header checks but its Huffman table is bogus."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(paths[-1])
+    raw = paths[bad].read_bytes()
+    table = raw.index(b"\xff\xc4") + 5  # marker, length, class/id: then 16 code counts
+    paths[bad].write_bytes(raw[:table] + b"\xff" * 16 + raw[table + 16:])
+    assert image_problem(paths[bad]) is None  # only decoding finds it
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(tf.io.read_file(str(paths[bad])))
+    return paths
+
+
+@pytest.mark.parametrize("options", [dict(shuffle=True), dict(shuffle=True, cache="memory"), dict()])
+def test_a_fit_dataset_knows_its_length_even_when_a_poster_fails_at_decode(tmp_path, options):
+    paths = _posters_with_one_that_fails_at_decode(tmp_path)
+    assert make_dataset(paths, np.arange(10), image_size=16, batch_size=4).cardinality() == \
+        tf.data.UNKNOWN_CARDINALITY  # what skipping decode errors does to a dataset's length
+    ds = make_dataset(paths, np.arange(10), image_size=16, batch_size=4, keep_length=True, seed=1, **options)
+    assert ds.cardinality() == 3
+    for _ in range(2):  # every pass: 10 posters, the broken one stood in for by a good one
+        labels = np.concatenate([y.numpy() for _, y in ds])
+        assert len(labels) == 10 and 3 not in labels and set(labels) == set(range(10)) - {3}
+
+
+def test_keras_shows_each_epochs_total_and_finishes_the_epoch_past_a_broken_poster(tmp_path, capsys):
+    import keras
+
+    paths = _posters_with_one_that_fails_at_decode(tmp_path)
+    train = make_dataset(paths, np.arange(10) % 2, image_size=16, batch_size=4, shuffle=True, keep_length=True)
+    val = make_dataset(paths, np.arange(10) % 2, image_size=16, batch_size=4, keep_length=True)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(train, validation_data=val, epochs=2, verbose=1)
+    out = capsys.readouterr().out
+    assert len(history.history["val_loss"]) == 2
+    assert "3/3" in out.split("Epoch 2/2")[0] and "Unknown" not in out  # the first epoch has its total
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_predictions_count_each_poster_once_and_show_progress(tmp_path, capsys):
+    import keras
+
+    from genrecls.preparation import Inputs, predict_split
+    from tests.helpers import tiny_config
+
+    paths = _posters_with_one_that_fails_at_decode(tmp_path)
+    assert image_problems([str(p) for p in paths], verbose=0) == [None] * 10
+    assert capsys.readouterr().out == ""
+    image_problems([str(p) for p in paths], verbose=2)
+    assert capsys.readouterr().out.startswith("checking 10 poster files\n10/10")
+
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    for verbose, shown in ((2, "predicting 10 test posters\n10/10"), (0, "")):
+        inputs = Inputs(tiny_config(tmp_path, image_size=16, batch_size=4, verbose=verbose), np.array(paths), None)
+        probabilities, rows = predict_split(model, inputs, np.arange(10), "test")
+        assert rows.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # in order, once each, the broken one left out
+        expected = model.predict(np.concatenate([x for x, _ in make_dataset(
+            [paths[i] for i in rows], np.zeros(9), image_size=16, batch_size=9)]), verbose=0)
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+        assert capsys.readouterr().out.startswith(shown)
