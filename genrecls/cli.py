@@ -36,6 +36,9 @@ def _add_data_options(p: argparse.ArgumentParser, defaults: bool = True) -> None
 
     p.add_argument("--max-pixels", type=_number(int, 1), default=MAX_PIXELS if defaults else None,
                    help=f"refuse posters larger than this many pixels (decompression bombs) [{MAX_PIXELS:,}]")
+    p.add_argument("--text", help="table columns to read beside each poster, comma-separated: title (the title, "
+                   "year stripped; every format) or any column of the table (csv format, Kaggle's MovieGenre.csv, "
+                   "Letterboxd's movies.csv, e.g. description). A missing text is empty, never a dropped poster")
     if defaults:
         p.add_argument("--no-check-images", dest="check_images", action="store_false",
                        help="skip the header check that drops empty, truncated, oversized and non-image files")
@@ -53,7 +56,7 @@ def load_table(args):
     from genrecls.datasets import load_dataset
 
     return load_dataset(args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images,
-                        max_pixels=args.max_pixels, **_csv_options(args))
+                        max_pixels=args.max_pixels, text=args.text, **_csv_options(args))
 
 
 def cmd_summary(args) -> None:
@@ -195,7 +198,12 @@ def cmd_export(args) -> None:
 def cmd_predict(args) -> None:
     from genrecls.export import format_predictions, predict_files
 
-    results = predict_files(args.source, args.images, top_k=args.top_k)
+    texts = args.text
+    if args.text_table:
+        if texts:
+            raise GenreclsError("give --text or --text-table, not both")
+        texts = _text_table(args.text_table)
+    results = predict_files(args.source, args.images, top_k=args.top_k, texts=texts)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -203,6 +211,23 @@ def cmd_predict(args) -> None:
     failed = sum(1 for r in results if r["error"])
     if failed:
         print(f"{failed} of {len(results)} files could not be predicted", file=sys.stderr)
+
+
+def _text_table(path: str) -> dict:
+    """--text-table: a CSV with columns file and text -> {file: text}."""
+    from pathlib import Path
+
+    from genrecls.datasets import DropReport, _read_csv
+
+    if not os.path.isfile(path):
+        raise GenreclsError(f"--text-table {path} is not a file")
+    dropped = DropReport()
+    frame = _read_csv(Path(path), dropped)
+    if not {"file", "text"} <= set(frame.columns):
+        raise GenreclsError(f"--text-table {path} needs the columns file and text; it has {', '.join(frame.columns)}")
+    if dropped.total:
+        print(f"--text-table: skipped {dropped}", file=sys.stderr)
+    return dict(zip(frame["file"].str.strip(), frame["text"]))
 
 
 def cmd_download(args) -> None:
@@ -259,7 +284,7 @@ TRAINING_OPTIONS = {
          {"choices": "OVA_TRUNKS"}),
     ],
     "model": [
-        ("--backbone", "feature extractor", {"choices": "BACKBONES"}),
+        ("--backbone", "feature extractor; none: a text-only model (needs --text)", {"choices": "BACKBONE_CHOICES"}),
         ("--weights", "imagenet, none, or a weights file path [imagenet; none for simple]", {}),
         ("--image-size", "square input size [the backbone's: 224, 299 or 64]", {"type": _number(int, 16, 1024)}),
         ("--resize", "keep the whole poster (pad) or fill (crop)", {"choices": "RESIZE_MODES"}),
@@ -267,6 +292,9 @@ TRAINING_OPTIONS = {
         ("--freeze-until", "freeze the backbone's layers before this index", {"type": _number(int, 0)}),
         ("--head", "hidden widths like 256,128 or a preset: report002, report004, small", {}),
         ("--dropout", "dropout before the output layer", {"type": _number(float, 0, 0.99)}),
+        ("--text-width", "with --text: units of the text branch fused with the poster features",
+         {"type": _number(int, 1, 4096)}),
+        ("--text-dropout", "with --text: dropout around the text branch's dense layer", {"type": _number(float, 0, 0.99)}),
     ],
     "loss, probabilities and decisions": [
         ("--loss", "bce, focal (Keras BinaryFocalCrossentropy) or soft-f1 (macro soft F1 + BCE); "
@@ -291,7 +319,7 @@ TRAINING_OPTIONS = {
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
     ],
 }
-TRAIN_FIELDS = ("format", "genre_sep", "max_pixels") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
+TRAIN_FIELDS = ("format", "genre_sep", "max_pixels", "text") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
                                                for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
 
 
@@ -428,7 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the rest still predicted.",
     )
     p.add_argument("source", help="run folder or export folder")
-    p.add_argument("images", nargs="+", help="poster files or folders")
+    p.add_argument("images", nargs="*", help="poster files or folders (none for a text-only model)")
+    p.add_argument("--text", action="append",
+                   help="for a model trained with --text: the poster's text (e.g. its title); once for every "
+                   "poster, or once per poster in order; a text-only model predicts each --text")
+    p.add_argument("--text-table", metavar="CSV", help="a CSV with columns file and text (file: a poster's path "
+                   "or name), for many posters")
     p.add_argument("--top-k", type=_number(int, 1), default=3, help="genres to list per poster [3]")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)

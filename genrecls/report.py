@@ -64,7 +64,7 @@ def evaluate_run(
     prepared = prepare_data(cfg, table if not data else None, vocab=vocab)
     model = folder.load_model()
     names = vocab.names
-    inputs = Inputs(cfg, prepared.paths, backbone=None)  # whole model on images, as predict and export see it
+    inputs = Inputs(cfg, prepared.paths, None, prepared.texts)  # the whole model, as predict and export see it
 
     saved = folder.load_split()
     train_rows, _ = prepared.rows(saved["train"])

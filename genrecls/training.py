@@ -12,6 +12,7 @@ import os
 import platform
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -28,6 +29,7 @@ from genrecls.models import build_model, calibrated, combine_heads, combine_memb
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
 from genrecls.runs import RunFolder, load_keras, member_slug, save_keras
+from genrecls.text import TextEncoder
 
 BALANCING = {"undersample": undersample, "oversample": oversample}
 
@@ -128,8 +130,10 @@ class Trainer:
         folder.save_split(data.split_ids())
         T = data.targets(cfg.mode)
         use_features = trainable == "frozen" and not cfg.augment and cfg.cache_features
-        inputs = Inputs(cfg, data.paths, backbone if use_features else None)
+        inputs = Inputs(cfg, data.paths, backbone if use_features else None, data.texts)
         split = Split(*(inputs.usable(getattr(data.split, p)) for p in ("train", "val", "test")))
+        # the text branch's vocabulary comes from the training split only
+        self.text = TextEncoder(data.texts[split.train], cfg.text_width, cfg.text_dropout).branch if cfg.text else None
 
         self.inputs, self.split = inputs, split
         train_loop = self._train_ova if self.mode.members else self._train_single
@@ -176,7 +180,7 @@ class Trainer:
         cfg = self.cfg
         train = balanced_rows(cfg, data.strata, split.train)
         keras.utils.set_random_seed(cfg.seed)
-        built = build_model(cfg, T.shape[1], self.mode.activation, backbone=backbone)
+        built = build_model(cfg, T.shape[1], self.mode.activation, backbone=backbone, text=self.text)
         fitted = built.head if use_features else built.full
         pos_weight, class_weight = imbalance_weights(cfg, self.mode, T[train], data.strata[train])
         compile_model(fitted, self.mode, cfg, pos_weight=pos_weight, steps_per_epoch=steps(len(train), cfg.batch_size))
@@ -215,9 +219,9 @@ class Trainer:
         return trunk
 
     def _train_ova(self, data, T, split, backbone, inputs, use_features):
-        if self.cfg.ova_trunk == "shared" and backbone[1] != "frozen":
+        if self.cfg.ova_trunk == "shared" and backbone[1] in ("all", "partial"):
             trunk = self._shared_trunk(data, T, split, backbone)
-            backbone, inputs, use_features = (trunk, "frozen"), Inputs(self.cfg, data.paths, trunk), True
+            backbone, inputs, use_features = (trunk, "frozen"), Inputs(self.cfg, data.paths, trunk, data.texts), True
             split = Split(*(inputs.usable(getattr(split, p)) for p in ("train", "val", "test")))
             self.inputs, self.split = inputs, split
         members, histories, fit_share, ratio = [], [], [], []
@@ -249,11 +253,12 @@ class Trainer:
         cfg = self.cfg
         train_idx, y_train, val_idx, y_val, weights = sets
         keras.utils.set_random_seed(cfg.seed + j)
-        if not use_features and backbone[1] != "frozen":  # each member tunes its own backbone
+        if not use_features and backbone[1] in ("all", "partial"):  # each member tunes its own backbone
             backbone = new_backbone(cfg)
         own = (cfg.member_overrides or {}).get(genre, {})
+        text = self.text and partial(self.text, width=own.get("text_width"), dropout=own.get("text_dropout"))
         built = build_model(cfg, 1, "sigmoid", backbone=backbone, head=own.get("head"), dropout=own.get("dropout"),
-                            name=f"member_{j}")
+                            name=f"member_{j}", text=text)
         fitted = built.head if use_features else built.full
         compile_model(fitted, MEMBER, cfg, own.get("learning_rate"), steps_per_epoch=steps(len(train_idx), cfg.batch_size))
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True), inputs.dataset(val_idx, y_val[:, None], False),
