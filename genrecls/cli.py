@@ -133,7 +133,8 @@ def _print_evaluation(run, report: dict) -> None:
     print(format_table(report))
     from genrecls import runs
 
-    print(f"\nreport written to {os.path.join(run, runs.REPORT)} (with {runs.METRICS}, the decision policy and plots)")
+    print(f"\nreport written to {os.path.join(run, runs.REPORT)} and {runs.REPORT_HTML} (with {runs.METRICS}, "
+          "the decision policy and plots)")
 
 
 def cmd_evaluate(args) -> None:
@@ -142,8 +143,19 @@ def cmd_evaluate(args) -> None:
     from genrecls.config import DEFAULT_THRESHOLD
 
     threshold = args.threshold if args.threshold is not None else (DEFAULT_THRESHOLD if args.global_threshold else None)
-    report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold)
+    report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold,
+                          plots=args.plots, gradcam=args.gradcam)
     _print_evaluation(args.run, report)
+
+
+def cmd_explain(args) -> None:
+    from genrecls.explain import explain_posters, format_explanations
+
+    results = explain_posters(args.run, args.posters, genres=args.genres, top_k=args.top_k, out=args.out)
+    print(format_explanations(results))
+    failed = sum(1 for r in results if r["error"])
+    if failed:
+        print(f"{failed} of {len(results)} files could not be explained", file=sys.stderr)
 
 
 def cmd_compare(args) -> None:
@@ -427,7 +439,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one fixed threshold for every genre (--threshold) instead of a rule chosen on validation")
     p.add_argument("--threshold", type=_number(float, 0, 1),
                    help="the fixed global threshold (implies --global-threshold) [0.5]")
+    from genrecls.html_report import GRADCAM_IMAGES
+
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="tables only: no plots, and no poster gallery or Grad-CAM in report.html")
+    p.add_argument("--gradcam", type=_number(int, 0), default=GRADCAM_IMAGES,
+                   help=f"Grad-CAM heatmaps in report.html's gallery (0: none) [{GRADCAM_IMAGES}]")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain", help="Grad-CAM heatmaps: which part of a poster drives each genre",
+        description="For each poster, a Grad-CAM heatmap (the keras-io recipe) of each of its top genres, or of "
+        "the --genres given, laid over the poster and saved as PNG. Needs the run folder (an export keeps no "
+        "layers to read); works for every backbone and mode (OvA: each member's own gradient).",
+    )
+    p.add_argument("run", help="run folder written by 'genrecls train'")
+    p.add_argument("posters", nargs="+", help="poster files or folders")
+    p.add_argument("--genres", help="comma-separated genres to explain [each poster's top genres]")
+    p.add_argument("--top-k", type=_number(int, 1), default=3, help="top genres per poster without --genres [3]")
+    p.add_argument("--out", help="folder for the PNGs [RUN/explain]")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare", help="side-by-side per-genre F1 of several runs",
                        description="Print (and with --out write as Markdown and CSV) the per-genre F1 "

@@ -42,8 +42,9 @@ from genrecls.text import TEXT_INPUT, clean_text
 
 log = logging.getLogger(__name__)
 METADATA = "metadata.json"
+SAVED_MODEL = "saved_model.pb"
 # What an export folder holds: a SavedModel and genrecls's metadata (nothing else may be replaced with it).
-EXPORT_NAMES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA}
+EXPORT_NAMES = {SAVED_MODEL, "fingerprint.pb", "variables", "assets", METADATA}
 OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")  # reported, never decoded
 
 
@@ -63,6 +64,12 @@ def run_policy(folder: RunFolder) -> tuple[Policy, dict]:
         "text": cfg.text, "genrecls": __version__,
     }
     return policy, meta
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """A SavedModel folder or a LiteRT file (what `export` writes), rather than a run folder."""
+    path = Path(path)
+    return (path / SAVED_MODEL).is_file() or (path.is_file() and path.suffix == ".tflite")
 
 
 def _ours(metadata: Path) -> bool:
@@ -172,7 +179,7 @@ class Predictor:
     @classmethod
     def load(cls, source: str | os.PathLike) -> "Predictor":
         source = Path(source)
-        if (source / "saved_model.pb").exists():
+        if (source / SAVED_MODEL).exists():
             try:
                 serve = tf.saved_model.load(str(source)).signatures
                 serve["serving_default"], serve["metadata"]

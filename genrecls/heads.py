@@ -13,6 +13,8 @@ from typing import Sequence
 
 from genrecls.errors import GenreclsError
 
+OUTPUT = "probabilities"  # the name of every head's output layer (Grad-CAM reads its logits)
+
 # Named widths that mirror the reports; any comma list works too.
 HEAD_PRESETS = {
     "report002": (512, 256),  # two hidden layers; the second is what report 002 tuned (64..512)
@@ -78,5 +80,5 @@ def build_head(
         x = layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    out = layers.Dense(outputs, activation=activation, name="probabilities")(x)
+    out = layers.Dense(outputs, activation=activation, name=OUTPUT)(x)
     return keras.Model(inputs, out, name=name)

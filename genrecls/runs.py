@@ -11,6 +11,8 @@
       metrics.json       evaluation of one split (schema in the README)
       search.json        (a search folder) the settings and space a resumed search must match
       report.md, *.png   the human-readable report and its plots
+      report.html        the same report in one self-contained page, with a poster gallery and Grad-CAM
+      explain/           Grad-CAM overlays written by `genrecls explain` (unless --out names another folder)
       checkpoints/       per-fit history and a backup for resuming
 
 A folder is claimed fresh, resumed (same settings, not finished) or refused.
@@ -44,6 +46,8 @@ COMBINED = "combined.keras"
 TRUNK = "trunk.keras"  # the shared backbone of an OvA run with --ova-trunk shared
 HISTORY = "history.csv"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
+EXPLAIN = "explain"
 CHECKPOINTS = "checkpoints"
 SEARCH = "search.json"
 SPLITS = ("train", "val", "test")
