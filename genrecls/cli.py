@@ -151,7 +151,8 @@ def cmd_evaluate(args) -> None:
 def cmd_explain(args) -> None:
     from genrecls.explain import explain_posters, format_explanations
 
-    results = explain_posters(args.run, args.posters, genres=args.genres, top_k=args.top_k, out=args.out)
+    results = explain_posters(args.run, args.posters, genres=args.genres, top_k=args.top_k, out=args.out,
+                              texts=args.text)
     print(format_explanations(results))
     failed = sum(1 for r in results if r["error"])
     if failed:
@@ -195,7 +196,7 @@ def cmd_quality(args) -> None:
 
     modes = args.modes.split(",") if args.modes else None
     run_quality(data=args.data, out=args.out, runs=args.runs, modes=modes, recipe=args.recipe, epochs=args.epochs,
-                seed=args.seed)
+                seed=args.seed, inputs=args.inputs.split(","), text=args.text.split(","))
     print(open(os.path.join(args.out, "quality.md"), encoding="utf-8").read())
     print(f"written to {os.path.join(args.out, 'quality.json')} and quality.md; runs in {args.runs}")
 
@@ -291,9 +292,9 @@ TRAINING_OPTIONS = {
         ("--class-weight", "weight rare classes (multilabel: per-genre weighted binary cross-entropy)",
          {"choices": "CLASS_WEIGHT_METHODS"}),
         ("--positive-share", "share of positives in each OvA member's set", {"type": _number(float, 0, 1)}),
-        ("--ova-trunk", "OvA with a trainable backbone: separate (one network per genre, report 002) or shared "
-         "(one backbone trained on all genres first, then each member's head on its own balanced set)",
-         {"choices": "OVA_TRUNKS"}),
+        ("--trunk", "with a trainable backbone: end-to-end (OvA: one network per genre, report 002) or shared "
+         "(the backbone trained on all genres first, then frozen; the head, each OvA member and the text branch "
+         "are fitted on its cached features)", {"choices": "TRUNKS"}),
     ],
     "model": [
         ("--backbone", "feature extractor; none: a text-only model (needs --text)", {"choices": "BACKBONE_CHOICES"}),
@@ -458,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genres", help="comma-separated genres to explain [each poster's top genres]")
     p.add_argument("--top-k", type=_number(int, 1), default=3, help="top genres per poster without --genres [3]")
     p.add_argument("--out", help="folder for the PNGs [RUN/explain]")
+    p.add_argument("--text", action="append", help="for a model trained with --text: the poster's text, once for "
+                   "every poster or once per poster in order [empty]")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare", help="side-by-side per-genre F1 of several runs",
@@ -546,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPES), default="scratch", help="[scratch]")
     p.add_argument("--epochs", type=_number(int, 1), help="override the recipe's maximum epochs")
     p.add_argument("--seed", type=_number(int, 0), default=0, help="[0]")
+    p.add_argument("--inputs", default="poster", help="comma-separated rows per mode: poster (the poster alone), "
+                   "text (the --text alone) or both (fused) [poster]")
+    p.add_argument("--text", default="title", help="the text columns of the text and both rows [title]")
     p.set_defaults(func=cmd_quality)
     return parser
 

@@ -29,7 +29,10 @@ CALIBRATIONS = ("none", "prior", "platt")  # prior: undo balanced sets / class w
 LR_SCHEDULES = ("constant", "cosine")
 NO_BACKBONE = "none"  # --backbone none: a text-only model (needs --text)
 BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
-OVA_TRUNKS = ("separate", "shared")  # a trainable backbone per member (report 002), or one trained on all genres
+# With a trainable backbone: train it end to end with the head (OvA: one network per genre, report 002), or
+# in two stages: a shared trunk trained on all genres first, then frozen, and the mode's head (each OvA
+# member's, with the text branch when there is text) fitted on its cached features.
+TRUNKS = ("end-to-end", "shared")
 DEFAULT_THRESHOLD = 0.5
 # Posters above this many pixels are refused before decoding (a 20000x20000 PNG decodes into 1.2 GB);
 # the largest real posters are about 4000x6000.
@@ -41,9 +44,9 @@ MEMBER_KEYS = ("head", "dropout", "learning_rate", "text_width", "text_dropout")
 # pretrained weights on a CPU (README, "Quality"); "report002" is report 002's pretrained setting.
 RECIPES = {
     "scratch": dict(backbone="simple", weights=None, image_size=128, head=(256,), dropout=0.5, augment=True,
-                    batch_size=32, epochs=40, patience=6, ova_trunk="shared", calibration="prior"),
+                    batch_size=32, epochs=40, patience=6, trunk="shared", calibration="prior"),
     "report002": dict(backbone="efficientnetv2b0", weights="imagenet", image_size=224, head=(512, 256),
-                      batch_size=128, epochs=10, patience=3, ova_trunk="separate"),
+                      batch_size=128, epochs=10, patience=3, trunk="end-to-end"),
 }
 
 
@@ -175,7 +178,7 @@ RULES = {
     "balance": _choice(BALANCE_METHODS, optional=True),
     "class_weight": _choice(CLASS_WEIGHT_METHODS, optional=True),
     "positive_share": _float(0, 1, lo_open=True, hi_open=True),
-    "ova_trunk": _choice(OVA_TRUNKS),
+    "trunk": _choice(TRUNKS),
     "text": _text_columns,
     "text_width": _int(1, 4096),
     "text_dropout": _float(0, 1, hi_open=True),
@@ -226,7 +229,7 @@ class TrainConfig:
     balance: str | None = None  # undersample | oversample, on the collapsed label
     class_weight: str | None = None  # balanced | log
     positive_share: float = 0.3  # ova members
-    ova_trunk: str = "separate"  # with a trainable backbone: one per member, or one shared (trained on all genres)
+    trunk: str = "end-to-end"  # with a trainable backbone: end to end, or a shared trunk first (TRUNKS)
     # text beside the poster: the table's columns ("title": the title, year stripped), its branch's size
     text: list | None = None
     text_width: int = 64
@@ -293,6 +296,9 @@ class TrainConfig:
     def from_json(cls, data: dict) -> "TrainConfig":
         if not isinstance(data, dict):
             raise GenreclsError("a config must be a JSON object of settings")
+        if "ova_trunk" in data:  # runs saved before the shared trunk served every mode
+            data = {**{k: v for k, v in data.items() if k != "ova_trunk"},
+                    "trunk": {"separate": "end-to-end"}.get(data["ova_trunk"], data["ova_trunk"])}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"versions"})
         if unknown:

@@ -38,11 +38,12 @@ from genrecls.datasets import image_problem
 from genrecls.errors import GenreclsError
 from genrecls.export import expand_inputs, is_export
 from genrecls.heads import OUTPUT
+from genrecls.models import IMAGE_INPUT, input_names
 from genrecls.pipeline import decode_image
 from genrecls.plots import save_png, written_by_genrecls
 from genrecls.runs import EXPLAIN, RunFolder
+from genrecls.text import TEXT_INPUT
 
-IMAGE_INPUT, TEXT_INPUT = "image", "text"
 ALPHA = 0.4  # the recipe's heatmap opacity over the poster
 LONGEST = 384  # pixels on the long side of an overlay written by `explain`
 BATCH = 16
@@ -283,12 +284,18 @@ def explain_posters(run, posters: list, genres=None, top_k: int = 3, out=None, t
     names = folder.load_vocab().names
     chosen = genre_indices(genres, names)
     files = expand_inputs(posters)
-    if texts is not None and len(texts) != len(files):
-        raise GenreclsError(f"{len(files)} posters but {len(texts)} texts")
+    if texts is not None and len(texts) not in (1, len(files)):
+        raise GenreclsError(f"{len(texts)} texts for {len(files)} posters; give one text for all or one per poster")
     out = Path(out) if out else folder / EXPLAIN
     if out.exists() and not out.is_dir():
         raise GenreclsError(f"--out {out} is a file; name a folder for the heatmaps")
     model = folder.load_model()
+    if IMAGE_INPUT not in input_names(model):
+        raise GenreclsError(f"{run} is a text-only model (--backbone none): it has no poster to explain")
+    if texts is not None and TEXT_INPUT not in input_names(model):
+        raise GenreclsError(f"{run} reads posters only; it was not trained with --text")
+    if texts is not None and len(texts) == 1:
+        texts = texts * len(files)
     size, stems, results = image_size(model), _unique_stems(files), []
     out.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(files), BATCH):

@@ -86,15 +86,19 @@ def thumbnail_uri(path) -> str | None:
 
 
 def build_gallery(paths, titles, truth, probabilities, decisions, names, model=None, resize: str = "pad",
-                  gradcam: int = GRADCAM_IMAGES, size: int = GALLERY_SIZE) -> list[dict]:
+                  gradcam: int = GRADCAM_IMAGES, size: int = GALLERY_SIZE, texts=None) -> list[dict]:
     """The gallery's sections, one per genre, ready for the template.
 
     paths, titles: per evaluated poster (rows of truth and probabilities);
     decisions: the policy's 0/1 per poster and genre. `gradcam` heatmaps
-    (0: none) come from `model`.
+    (0: none) come from `model` (with each poster's text when it reads `texts`; a
+    text-only model has no poster to explain).
     """
+    from genrecls.models import input_names
+
     picks = gallery_rows(truth, probabilities, decisions, size)
-    heat = _heatmaps(model, paths, gradcam_pairs(picks, gradcam), resize) if model is not None and gradcam else {}
+    explainable = model is not None and gradcam and "image" in input_names(model)
+    heat = _heatmaps(model, paths, gradcam_pairs(picks, gradcam), resize, texts) if explainable else {}
     thumbs: dict[int, str | None] = {}
 
     def card(row: int, j: int) -> dict:
@@ -112,7 +116,7 @@ def build_gallery(paths, titles, truth, probabilities, decisions, names, model=N
             for j, name in enumerate(names)]
 
 
-def _heatmaps(model, paths, pairs: list[tuple[int, int]], resize: str) -> dict[tuple[int, int], str]:
+def _heatmaps(model, paths, pairs: list[tuple[int, int]], resize: str, texts=None) -> dict[tuple[int, int], str]:
     """Grad-CAM overlays of the (row, genre) pairs, as data: URIs."""
     if not pairs:
         return {}
@@ -120,7 +124,7 @@ def _heatmaps(model, paths, pairs: list[tuple[int, int]], resize: str) -> dict[t
 
     size = image_size(model)
     images = load_posters([paths[row] for row, _ in pairs], size, resize)
-    heat = gradcam(model, images, [j for _, j in pairs])
+    heat = gradcam(model, images, [j for _, j in pairs], None if texts is None else [texts[row] for row, _ in pairs])
     out = {}
     for (row, j), heatmap in zip(pairs, heat):
         with Image.open(paths[row]) as poster:

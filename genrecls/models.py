@@ -48,9 +48,12 @@ def new_backbone(cfg: TrainConfig, fine_tune_last: int | None = None) -> tuple[k
     return backbone, set_trainable(backbone, *layers)
 
 
+IMAGE_INPUT = "image"  # the name of a whole model's poster input
+
+
 def input_names(model: keras.Model) -> tuple:
     """What a whole model reads: ("image",), ("image", "text") or ("text",)."""
-    return tuple(model.input) if isinstance(model.input, dict) else ("image",)
+    return tuple(model.input) if isinstance(model.input, dict) else (IMAGE_INPUT,)
 
 
 def fresh_inputs(model: keras.Model):
@@ -61,12 +64,12 @@ def fresh_inputs(model: keras.Model):
 
 def _through_backbone(backbone: keras.Model, text: bool, trainable: str):
     """(inputs of a whole model, what its head reads): image -> backbone, and the text as it comes."""
-    image = keras.Input(backbone.input_shape[1:], name="image")
+    image = keras.Input(backbone.input_shape[1:], name=IMAGE_INPUT)
     features = backbone(image, training=None if trainable == "all" else False)
     if not text:
         return image, features
     words = keras.Input((), dtype="string", name=TEXT_INPUT)
-    return {"image": image, TEXT_INPUT: words}, {"features": features, TEXT_INPUT: words}
+    return {IMAGE_INPUT: image, TEXT_INPUT: words}, {"features": features, TEXT_INPUT: words}
 
 
 def attach(backbone: keras.Model | None, head: keras.Model, trainable: str, name: str = "genrecls") -> keras.Model:

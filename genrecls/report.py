@@ -107,7 +107,8 @@ def evaluate_run(
         titles = dict(zip(prepared.table.frame["id"], prepared.table.frame["title"]))
         gallery = build_gallery(prepared.paths[seen], [titles.get(i, "") for i in prepared.ids[seen]],
                                 prepared.Y[seen], probabilities, policy.decide(probabilities), names,
-                                model=model, resize=cfg.resize, gradcam=gradcam)
+                                model=model, resize=cfg.resize, gradcam=gradcam,
+                                texts=None if prepared.texts is None else prepared.texts[seen])
     (folder / REPORT).write_text(render_markdown(folder.path, report, plots), encoding="utf-8")
     (folder / REPORT_HTML).write_text(render_report_html(folder.path, report, plots, gallery), encoding="utf-8")
     return report

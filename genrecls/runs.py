@@ -43,7 +43,7 @@ METRICS = "metrics.json"
 MODEL = "model.keras"
 OVA = "ova"
 COMBINED = "combined.keras"
-TRUNK = "trunk.keras"  # the shared backbone of an OvA run with --ova-trunk shared
+TRUNK = "trunk.keras"  # the shared backbone of a run with --trunk shared
 HISTORY = "history.csv"
 REPORT = "report.md"
 REPORT_HTML = "report.html"
@@ -351,8 +351,8 @@ class RunFolder:
 
     @property
     def trunk_path(self) -> Path:
-        (self.path / OVA).mkdir(exist_ok=True)
-        return self.path / OVA / TRUNK
+        (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+        return self.path / CHECKPOINTS / TRUNK
 
     @property
     def checkpoints(self) -> Path:

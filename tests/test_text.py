@@ -137,6 +137,14 @@ def test_fused_model_trains_exports_and_predicts_with_text(mode, tmp_path):
     # the text changes the answer: the same poster with another title gets other probabilities
     other = Predictor.load(run).predict([posters[0].read_bytes()], ["laugh party funny"])[0]
     assert not np.allclose(other[0], from_run[0])
+    if mode == "multilabel":  # Grad-CAM and the HTML gallery give the model each poster's text
+        from genrecls.explain import explain_posters
+        from genrecls.report import evaluate_run
+
+        explained = explain_posters(run, [str(posters[0])], top_k=1, texts=["blood night"])
+        assert explained[0]["error"] is None and len(explained[0]["genres"]) == 1
+        evaluate_run(run, plots=True, gradcam=2)
+        assert (run / "report.html").read_text(encoding="utf-8").count("data:image/png") > 2
 
 
 def test_cached_poster_features_with_text(tmp_path):
@@ -175,6 +183,8 @@ def test_predict_refuses_texts_a_model_cannot_read(tmp_path, tiny_runs, capsys):
     assert "text-only model: give texts" in capsys.readouterr().err
     assert main(["predict", str(run), "--text", "blood night"]) == 0
     assert "'blood night':" in capsys.readouterr().out
+    assert main(["explain", str(run), str(poster)]) == 1
+    assert "text-only model (--backbone none): it has no poster to explain" in capsys.readouterr().err
     table = tmp_path / "texts.csv"
     table.write_text("poster,title\np.jpg,Alien\n")
     assert main(["predict", str(run), "--text-table", str(table)]) == 1

@@ -228,7 +228,7 @@ def test_ova_probabilities_are_corrected_to_the_real_prevalence(demo_dir, tmp_pa
 
 def test_shared_trunk_ova_trains_its_trunk_once_and_members_on_its_features(demo_dir, tmp_path, capsys):
     run = tmp_path / "ova"
-    report = train(_config(demo_dir, mode="ova", top_k=3, epochs=2, ova_trunk="shared"), run)
+    report = train(_config(demo_dir, mode="ova", top_k=3, epochs=2, trunk="shared"), run)
     out = capsys.readouterr().out
     assert out.count("training the shared trunk") == 1
     assert (run / "ova" / "trunk.keras").exists()
