@@ -474,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a SavedModel that serves raw image bytes",
         description="Export a run as a TensorFlow SavedModel. serving_default takes encoded JPEG/PNG "
         "bytes (decoding, resizing and preprocessing are inside the graph); serve_pixels takes float "
-        "RGB 0..255; both return probabilities, above_threshold and genres_above. Genres and "
-        "thresholds are stored in the graph and in metadata.json.",
+        "RGB 0..255; both return probabilities, above_threshold and genres_above. A run trained with --text "
+        "takes a string per poster too (serving_default(images, texts)); a text-only run takes texts alone. "
+        "Genres, thresholds and the inputs are stored in the graph and in metadata.json.",
     )
     p.add_argument("run", help="run folder (evaluate it first to export per-genre thresholds)")
     p.add_argument("--out", help="export folder [RUN/export, or RUN/model.tflite]")
