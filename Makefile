@@ -18,12 +18,14 @@ BACKBONE   ?=
 EPOCHS     ?=
 IMAGE_SIZE ?=
 BATCH_SIZE ?=
+# TEXT=title fuses the title with the poster (any table column works: TEXT=title,plot)
+TEXT       ?=
 OUT        ?= models/$(MODE)-$(or $(BACKBONE),$(RECIPE),default)-$(notdir $(DATA))
 EXTRA      ?=
 # Options every training-like target shares; an empty variable leaves the recipe's (or config's) value.
 COMMON = $(if $(RECIPE),--recipe $(RECIPE)) --weights $(WEIGHTS) --seed $(SEED) $(if $(BACKBONE),--backbone $(BACKBONE)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
-	$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
+	$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(TEXT),--text $(TEXT))
 # Re-running a train target resumes an interrupted run; add EXTRA=--overwrite to start over.
 TRAIN = $(BIN)/genrecls train $(DATA) --mode $(MODE) $(COMMON) --out $(OUT) $(EXTRA)
 
@@ -37,13 +39,14 @@ IMAGES     ?= $(DEMO_DATA)/posters
 
 help:
 	@echo "make demo   - generate the demo posters (no download), train the one-vs-all ensemble, print per-genre F1"
-	@echo "make train-ova | train-multilabel | train-multiclass  [DATA= BACKBONE= WEIGHTS= EPOCHS= IMAGE_SIZE= BATCH_SIZE= OUT= EXTRA=]"
+	@echo "make train-ova | train-multilabel | train-multiclass  [DATA= BACKBONE= WEIGHTS= EPOCHS= IMAGE_SIZE= BATCH_SIZE= TEXT= OUT= EXTRA=]"
 	@echo "make tune   [DATA= MODE= BACKBONE= TRIALS= EPOCHS=]  - Keras Tuner random search, resumable"
 	@echo "make export RUN=models/RUN   - SavedModel serving image bytes in RUN/export"
 	@echo "make predict RUN=models/RUN IMAGES='a.jpg folder/'   - genres of new posters"
 	@echo "make bench  [SCALE=1]  - speed and memory benchmarks, written to benchmarks/results.json"
-	@echo "make quality [MODES=multilabel,ova]  - train the scratch recipe on ../shared/datasets/ml1m in each mode, "
-	@echo "               scores beside their baselines in benchmarks/quality.md (about 15 min on 2 cores)"
+	@echo "make quality [MODES=multilabel,ova] [INPUTS=poster,text,both]  - train the scratch recipe on "
+	@echo "               ../shared/datasets/ml1m per mode with the poster, the title and both; scores beside"
+	@echo "               their baselines in benchmarks/quality.md (about an hour on 2 cores)"
 	@echo "make test   - run the whole test suite (under 15 min on 2 cores)"
 	@echo "make test-fast - the quick loop: every test not marked slow"
 	@echo "make install - create .venv and install genrecls with its dev extra"
@@ -82,8 +85,9 @@ bench: install
 	$(BIN)/genrecls bench --scale $(SCALE)
 
 MODES      ?=
+INPUTS     ?= poster,text,both
 quality: install
-	$(BIN)/genrecls quality $(if $(MODES),--modes $(MODES)) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(BIN)/genrecls quality --inputs $(INPUTS) $(if $(MODES),--modes $(MODES)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 export: install
 	$(BIN)/genrecls export $(RUN)

@@ -36,6 +36,9 @@ def _add_data_options(p: argparse.ArgumentParser, defaults: bool = True) -> None
 
     p.add_argument("--max-pixels", type=_number(int, 1), default=MAX_PIXELS if defaults else None,
                    help=f"refuse posters larger than this many pixels (decompression bombs) [{MAX_PIXELS:,}]")
+    p.add_argument("--text", help="table columns to read beside each poster, comma-separated: title (the title, "
+                   "year stripped; every format) or any column of the table (csv format, Kaggle's MovieGenre.csv, "
+                   "Letterboxd's movies.csv, e.g. description). A missing text is empty, never a dropped poster")
     if defaults:
         p.add_argument("--no-check-images", dest="check_images", action="store_false",
                        help="skip the header check that drops empty, truncated, oversized and non-image files")
@@ -53,7 +56,7 @@ def load_table(args):
     from genrecls.datasets import load_dataset
 
     return load_dataset(args.data, args.format, genre_sep=args.genre_sep, check_images=args.check_images,
-                        max_pixels=args.max_pixels, **_csv_options(args))
+                        max_pixels=args.max_pixels, text=args.text, **_csv_options(args))
 
 
 def cmd_summary(args) -> None:
@@ -130,7 +133,8 @@ def _print_evaluation(run, report: dict) -> None:
     print(format_table(report))
     from genrecls import runs
 
-    print(f"\nreport written to {os.path.join(run, runs.REPORT)} (with {runs.METRICS}, the decision policy and plots)")
+    print(f"\nreport written to {os.path.join(run, runs.REPORT)} and {runs.REPORT_HTML} (with {runs.METRICS}, "
+          "the decision policy and plots)")
 
 
 def cmd_evaluate(args) -> None:
@@ -139,8 +143,20 @@ def cmd_evaluate(args) -> None:
     from genrecls.config import DEFAULT_THRESHOLD
 
     threshold = args.threshold if args.threshold is not None else (DEFAULT_THRESHOLD if args.global_threshold else None)
-    report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold)
+    report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold,
+                          plots=args.plots, gradcam=args.gradcam)
     _print_evaluation(args.run, report)
+
+
+def cmd_explain(args) -> None:
+    from genrecls.explain import explain_posters, format_explanations
+
+    results = explain_posters(args.run, args.posters, genres=args.genres, top_k=args.top_k, out=args.out,
+                              texts=args.text)
+    print(format_explanations(results))
+    failed = sum(1 for r in results if r["error"])
+    if failed:
+        print(f"{failed} of {len(results)} files could not be explained", file=sys.stderr)
 
 
 def cmd_compare(args) -> None:
@@ -180,7 +196,7 @@ def cmd_quality(args) -> None:
 
     modes = args.modes.split(",") if args.modes else None
     run_quality(data=args.data, out=args.out, runs=args.runs, modes=modes, recipe=args.recipe, epochs=args.epochs,
-                seed=args.seed)
+                seed=args.seed, inputs=args.inputs.split(","), text=args.text.split(","))
     print(open(os.path.join(args.out, "quality.md"), encoding="utf-8").read())
     print(f"written to {os.path.join(args.out, 'quality.json')} and quality.md; runs in {args.runs}")
 
@@ -195,7 +211,12 @@ def cmd_export(args) -> None:
 def cmd_predict(args) -> None:
     from genrecls.export import format_predictions, predict_files
 
-    results = predict_files(args.source, args.images, top_k=args.top_k)
+    texts = args.text
+    if args.text_table:
+        if texts:
+            raise GenreclsError("give --text or --text-table, not both")
+        texts = _text_table(args.text_table)
+    results = predict_files(args.source, args.images, top_k=args.top_k, texts=texts)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -203,6 +224,23 @@ def cmd_predict(args) -> None:
     failed = sum(1 for r in results if r["error"])
     if failed:
         print(f"{failed} of {len(results)} files could not be predicted", file=sys.stderr)
+
+
+def _text_table(path: str) -> dict:
+    """--text-table: a CSV with columns file and text -> {file: text}."""
+    from pathlib import Path
+
+    from genrecls.datasets import DropReport, _read_csv
+
+    if not os.path.isfile(path):
+        raise GenreclsError(f"--text-table {path} is not a file")
+    dropped = DropReport()
+    frame = _read_csv(Path(path), dropped)
+    if not {"file", "text"} <= set(frame.columns):
+        raise GenreclsError(f"--text-table {path} needs the columns file and text; it has {', '.join(frame.columns)}")
+    if dropped.total:
+        print(f"--text-table: skipped {dropped}", file=sys.stderr)
+    return dict(zip(frame["file"].str.strip(), frame["text"]))
 
 
 def cmd_download(args) -> None:
@@ -254,12 +292,12 @@ TRAINING_OPTIONS = {
         ("--class-weight", "weight rare classes (multilabel: per-genre weighted binary cross-entropy)",
          {"choices": "CLASS_WEIGHT_METHODS"}),
         ("--positive-share", "share of positives in each OvA member's set", {"type": _number(float, 0, 1)}),
-        ("--ova-trunk", "OvA with a trainable backbone: separate (one network per genre, report 002) or shared "
-         "(one backbone trained on all genres first, then each member's head on its own balanced set)",
-         {"choices": "OVA_TRUNKS"}),
+        ("--trunk", "with a trainable backbone: end-to-end (OvA: one network per genre, report 002) or shared "
+         "(the backbone trained on all genres first, then frozen; the head, each OvA member and the text branch "
+         "are fitted on its cached features)", {"choices": "TRUNKS"}),
     ],
     "model": [
-        ("--backbone", "feature extractor", {"choices": "BACKBONES"}),
+        ("--backbone", "feature extractor; none: a text-only model (needs --text)", {"choices": "BACKBONE_CHOICES"}),
         ("--weights", "imagenet, none, or a weights file path [imagenet; none for simple]", {}),
         ("--image-size", "square input size [the backbone's: 224, 299 or 64]", {"type": _number(int, 16, 1024)}),
         ("--resize", "keep the whole poster (pad) or fill (crop)", {"choices": "RESIZE_MODES"}),
@@ -267,6 +305,9 @@ TRAINING_OPTIONS = {
         ("--freeze-until", "freeze the backbone's layers before this index", {"type": _number(int, 0)}),
         ("--head", "hidden widths like 256,128 or a preset: report002, report004, small", {}),
         ("--dropout", "dropout before the output layer", {"type": _number(float, 0, 0.99)}),
+        ("--text-width", "with --text: units of the text branch fused with the poster features",
+         {"type": _number(int, 1, 4096)}),
+        ("--text-dropout", "with --text: dropout around the text branch's dense layer", {"type": _number(float, 0, 0.99)}),
     ],
     "loss, probabilities and decisions": [
         ("--loss", "bce, focal (Keras BinaryFocalCrossentropy) or soft-f1 (macro soft F1 + BCE); "
@@ -291,7 +332,7 @@ TRAINING_OPTIONS = {
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
     ],
 }
-TRAIN_FIELDS = ("format", "genre_sep", "max_pixels") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
+TRAIN_FIELDS = ("format", "genre_sep", "max_pixels", "text") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
                                                for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
 
 
@@ -399,7 +440,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one fixed threshold for every genre (--threshold) instead of a rule chosen on validation")
     p.add_argument("--threshold", type=_number(float, 0, 1),
                    help="the fixed global threshold (implies --global-threshold) [0.5]")
+    from genrecls.html_report import GRADCAM_IMAGES
+
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="tables only: no plots, and no poster gallery or Grad-CAM in report.html")
+    p.add_argument("--gradcam", type=_number(int, 0), default=GRADCAM_IMAGES,
+                   help=f"Grad-CAM heatmaps in report.html's gallery (0: none) [{GRADCAM_IMAGES}]")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain", help="Grad-CAM heatmaps: which part of a poster drives each genre",
+        description="For each poster, a Grad-CAM heatmap (the keras-io recipe) of each of its top genres, or of "
+        "the --genres given, laid over the poster and saved as PNG. Needs the run folder (an export keeps no "
+        "layers to read); works for every backbone and mode (OvA: each member's own gradient).",
+    )
+    p.add_argument("run", help="run folder written by 'genrecls train'")
+    p.add_argument("posters", nargs="+", help="poster files or folders")
+    p.add_argument("--genres", help="comma-separated genres to explain [each poster's top genres]")
+    p.add_argument("--top-k", type=_number(int, 1), default=3, help="top genres per poster without --genres [3]")
+    p.add_argument("--out", help="folder for the PNGs [RUN/explain]")
+    p.add_argument("--text", action="append", help="for a model trained with --text: the poster's text, once for "
+                   "every poster or once per poster in order [empty]")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare", help="side-by-side per-genre F1 of several runs",
                        description="Print (and with --out write as Markdown and CSV) the per-genre F1 "
@@ -412,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a SavedModel that serves raw image bytes",
         description="Export a run as a TensorFlow SavedModel. serving_default takes encoded JPEG/PNG "
         "bytes (decoding, resizing and preprocessing are inside the graph); serve_pixels takes float "
-        "RGB 0..255; both return probabilities, above_threshold and genres_above. Genres and "
-        "thresholds are stored in the graph and in metadata.json.",
+        "RGB 0..255; both return probabilities, above_threshold and genres_above. A run trained with --text "
+        "takes a string per poster too (serving_default(images, texts)); a text-only run takes texts alone. "
+        "Genres, thresholds and the inputs are stored in the graph and in metadata.json.",
     )
     p.add_argument("run", help="run folder (evaluate it first to export per-genre thresholds)")
     p.add_argument("--out", help="export folder [RUN/export, or RUN/model.tflite]")
@@ -428,7 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the rest still predicted.",
     )
     p.add_argument("source", help="run folder or export folder")
-    p.add_argument("images", nargs="+", help="poster files or folders")
+    p.add_argument("images", nargs="*", help="poster files or folders (none for a text-only model)")
+    p.add_argument("--text", action="append",
+                   help="for a model trained with --text: the poster's text (e.g. its title); once for every "
+                   "poster, or once per poster in order; a text-only model predicts each --text")
+    p.add_argument("--text-table", metavar="CSV", help="a CSV with columns file and text (file: a poster's path "
+                   "or name), for many posters")
     p.add_argument("--top-k", type=_number(int, 1), default=3, help="genres to list per poster [3]")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)
@@ -482,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPES), default="scratch", help="[scratch]")
     p.add_argument("--epochs", type=_number(int, 1), help="override the recipe's maximum epochs")
     p.add_argument("--seed", type=_number(int, 0), default=0, help="[0]")
+    p.add_argument("--inputs", default="poster", help="comma-separated rows per mode: poster (the poster alone), "
+                   "text (the --text alone) or both (fused) [poster]")
+    p.add_argument("--text", default="title", help="the text columns of the text and both rows [title]")
     p.set_defaults(func=cmd_quality)
     return parser
 

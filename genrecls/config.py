@@ -27,21 +27,26 @@ RESIZE_MODES = ("pad", "crop")
 LOSSES = ("bce", "focal", "soft-f1")
 CALIBRATIONS = ("none", "prior", "platt")  # prior: undo balanced sets / class weights; platt: then fit on validation
 LR_SCHEDULES = ("constant", "cosine")
-OVA_TRUNKS = ("separate", "shared")  # a trainable backbone per member (report 002), or one trained on all genres
+NO_BACKBONE = "none"  # --backbone none: a text-only model (needs --text)
+BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
+# With a trainable backbone: train it end to end with the head (OvA: one network per genre, report 002), or
+# in two stages: a shared trunk trained on all genres first, then frozen, and the mode's head (each OvA
+# member's, with the text branch when there is text) fitted on its cached features.
+TRUNKS = ("end-to-end", "shared")
 DEFAULT_THRESHOLD = 0.5
 # Posters above this many pixels are refused before decoding (a 20000x20000 PNG decodes into 1.2 GB);
 # the largest real posters are about 4000x6000.
 MAX_PIXELS = 50_000_000
-MEMBER_KEYS = ("head", "dropout", "learning_rate")
+MEMBER_KEYS = ("head", "dropout", "learning_rate", "text_width", "text_dropout")
 
 # Named starting points (`genrecls train --recipe NAME`, `make train-* WEIGHTS=none`, `genrecls quality`);
 # options given on the command line override them. "scratch" is the measured recipe for a user without
 # pretrained weights on a CPU (README, "Quality"); "report002" is report 002's pretrained setting.
 RECIPES = {
     "scratch": dict(backbone="simple", weights=None, image_size=128, head=(256,), dropout=0.5, augment=True,
-                    batch_size=32, epochs=40, patience=6, ova_trunk="shared", calibration="prior"),
+                    batch_size=32, epochs=40, patience=6, trunk="shared", calibration="prior"),
     "report002": dict(backbone="efficientnetv2b0", weights="imagenet", image_size=224, head=(512, 256),
-                      batch_size=128, epochs=10, patience=3, ova_trunk="separate"),
+                      batch_size=128, epochs=10, patience=3, trunk="end-to-end"),
 }
 
 
@@ -145,6 +150,12 @@ def _member_overrides(name, value):
     return checked
 
 
+def _text_columns(name, value):
+    from genrecls.datasets import text_columns  # no TensorFlow at import either
+
+    return text_columns(value)
+
+
 def _verbose(name, value):
     if value not in ("auto", 0, 1, 2):
         _fail(name, value, "auto, 0, 1 or 2")
@@ -167,8 +178,11 @@ RULES = {
     "balance": _choice(BALANCE_METHODS, optional=True),
     "class_weight": _choice(CLASS_WEIGHT_METHODS, optional=True),
     "positive_share": _float(0, 1, lo_open=True, hi_open=True),
-    "ova_trunk": _choice(OVA_TRUNKS),
-    "backbone": _choice(tuple(BACKBONES)),
+    "trunk": _choice(TRUNKS),
+    "text": _text_columns,
+    "text_width": _int(1, 4096),
+    "text_dropout": _float(0, 1, hi_open=True),
+    "backbone": _choice(BACKBONE_CHOICES),
     "weights": _text(optional=True),
     "image_size": _int(16, 1024, optional=True),
     "resize": _choice(RESIZE_MODES),
@@ -215,9 +229,13 @@ class TrainConfig:
     balance: str | None = None  # undersample | oversample, on the collapsed label
     class_weight: str | None = None  # balanced | log
     positive_share: float = 0.3  # ova members
-    ova_trunk: str = "separate"  # with a trainable backbone: one per member, or one shared (trained on all genres)
+    trunk: str = "end-to-end"  # with a trainable backbone: end to end, or a shared trunk first (TRUNKS)
+    # text beside the poster: the table's columns ("title": the title, year stripped), its branch's size
+    text: list | None = None
+    text_width: int = 64
+    text_dropout: float = 0.5
     # model
-    backbone: str = "efficientnetv2b0"
+    backbone: str = "efficientnetv2b0"  # or none: text only
     weights: str | None = "default"  # imagenet for pretrained backbones, none for simple
     image_size: int | None = None
     resize: str = "pad"
@@ -248,13 +266,19 @@ class TrainConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, RULES[f.name](f.name, getattr(self, f.name)))
-        spec = get_spec(self.backbone)
-        if self.weights == "default":
-            self.weights = "imagenet" if spec.pretrained else None
-        self.weights = normalize_weights(self.weights)
         self.data = os.path.abspath(self.data)
-        if self.image_size is None:
-            self.image_size = spec.default_size
+        if self.backbone == NO_BACKBONE:
+            if not self.text:
+                raise GenreclsError("--backbone none trains on text alone; name the text with --text (e.g. title)")
+            self.weights = self.image_size = None
+            self.augment = False
+        else:
+            spec = get_spec(self.backbone)
+            if self.weights == "default":
+                self.weights = "imagenet" if spec.pretrained else None
+            self.weights = normalize_weights(self.weights)
+            if self.image_size is None:
+                self.image_size = spec.default_size
         if self.fine_tune_last is not None and self.freeze_until is not None:
             raise GenreclsError("give either --fine-tune-last or --freeze-until, not both")
         if self.class_weight and self.loss != "bce":
@@ -264,6 +288,7 @@ class TrainConfig:
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
         data["head"] = list(self.head)
+        data["text"] = list(self.text) if self.text else None
         data["split"] = list(self.split)
         return data
 
@@ -271,6 +296,9 @@ class TrainConfig:
     def from_json(cls, data: dict) -> "TrainConfig":
         if not isinstance(data, dict):
             raise GenreclsError("a config must be a JSON object of settings")
+        if "ova_trunk" in data:  # runs saved before the shared trunk served every mode
+            data = {**{k: v for k, v in data.items() if k != "ova_trunk"},
+                    "trunk": {"separate": "end-to-end"}.get(data["ova_trunk"], data["ova_trunk"])}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"versions"})
         if unknown:

@@ -6,6 +6,8 @@ The table (a pandas DataFrame) has one row per usable poster:
     title   str        title with the release year stripped ("" when unknown)
     path    str        absolute path of the poster image
     genres  list[str]  genre names, trimmed, case-variants merged
+    text    str        the columns asked for with `text=` (e.g. the title, a plot summary) joined,
+                       cleaned by text.clean_text; "" when not asked for or missing (counted, never dropped)
 
 Every row that cannot be used is dropped *and counted* in a `DropReport`
 (reason -> count, with a few examples), never silently lost.
@@ -30,6 +32,7 @@ from PIL import Image
 from genrecls.config import MAX_PIXELS
 from genrecls.errors import GenreclsError
 from genrecls.progress import progress_bar
+from genrecls.text import clean_text
 
 FORMATS = ("movielens", "letterboxd", "kaggle", "csv")
 # The file whose presence identifies each format, checked in this order.
@@ -95,6 +98,7 @@ class PosterTable:
     root: Path
     format: str
     dropped: DropReport
+    text: list | None = None  # the columns the text column was made from ("title": the title)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -324,11 +328,27 @@ def _inside(root: Path, relative: str) -> str | None:
 
 # --------------------------------------------------------------- format readers
 # Each reader returns raw records (id, title, poster path relative to root,
-# genre string or list) and adds what it cannot parse to `dropped`.
+# genre string or list, text) and adds what it cannot parse to `dropped`.
+TITLE = "title"  # the text source every format has: the title, year stripped
 
 
-def _records_movielens(root: Path, dropped: DropReport, genre_sep: str, **_):
+def _texts(columns: dict, text: list | None, path: Path, n: int) -> list[str]:
+    """Each row's text: the `text` columns of a table (name -> values) joined, cleaned.
+
+    An unknown column is one clear error naming the columns there are."""
+    if not text:
+        return [""] * n
+    missing = [c for c in text if c not in columns]
+    if missing:
+        raise GenreclsError(f"--text {','.join(text)}: {path.name} has no column {', '.join(map(repr, missing))}; "
+                            f"the text can come from {', '.join(map(repr, columns))}")
+    return [clean_text(" ".join(str(p) for p in parts if isinstance(p, str) and p.strip()))
+            for parts in zip(*(columns[c] for c in text))]
+
+
+def _records_movielens(root: Path, dropped: DropReport, genre_sep: str, text=None, **_):
     path = root / "movies.dat"
+    _texts({TITLE: []}, text, path, 0)  # movies.dat has titles only
     posters = _poster_dir(root)
     by_stem = _posters_by_stem(posters)
     for line in _read_text(path).splitlines():
@@ -341,15 +361,32 @@ def _records_movielens(root: Path, dropped: DropReport, genre_sep: str, **_):
         movie_id, title, genres = (p.strip() for p in parts)
         name = by_stem.get(movie_id)
         rel = f"{posters.name}/{name}" if name else None
-        yield movie_id, strip_year(title), rel, parse_genres(genres, genre_sep)
+        title = strip_year(title)
+        yield movie_id, title, rel, parse_genres(genres, genre_sep), clean_text(title) if text else ""
 
 
-def _records_letterboxd(root: Path, dropped: DropReport, **_):
+def _letterboxd_movies(root: Path, text: list | None) -> dict:
+    """id -> (title, text) from the movies.csv beside genres.csv (name, description, tagline...), if there."""
+    path = root / "movies.csv"
+    if not path.is_file():
+        if text:
+            raise GenreclsError(f"--text {','.join(text)}: Letterboxd texts come from movies.csv beside "
+                                f"genres.csv, and {root} has none")
+        return {}
+    frame = _read_csv(path, DropReport())  # its rows are not posters: problems there cost only a text
+    _require_columns(frame, ["id"], path)
+    titles = list(frame["name"].map(strip_year)) if "name" in frame.columns else [""] * len(frame)
+    columns = {TITLE: titles, **{c: list(frame[c]) for c in frame.columns}}
+    return dict(zip(frame["id"].str.strip(), zip(titles, _texts(columns, text, path, len(frame)))))
+
+
+def _records_letterboxd(root: Path, dropped: DropReport, text=None, **_):
     path = root / "genres.csv"
     frame = _read_csv(path, dropped)
     _require_columns(frame, ["id", "genre"], path)
     posters = _poster_dir(root)
     by_stem = _posters_by_stem(posters)
+    movies = _letterboxd_movies(root, text)
     # Long form: one row per (movie, genre); group keeps first-seen order.
     grouped: dict[str, list[str]] = {}
     malformed: set[str] = set()
@@ -365,20 +402,23 @@ def _records_letterboxd(root: Path, dropped: DropReport, **_):
     for movie_id, genres in grouped.items():
         name = by_stem.get(movie_id)
         rel = f"{posters.name}/{name}" if name else None
-        yield movie_id, "", rel, None if movie_id in malformed else genres
+        title, words = movies.get(movie_id, ("", ""))
+        yield movie_id, title, rel, None if movie_id in malformed else genres, words
 
 
-def _records_kaggle(root: Path, dropped: DropReport, genre_sep: str, **_):
+def _records_kaggle(root: Path, dropped: DropReport, genre_sep: str, text=None, **_):
     path = root / "MovieGenre.csv"
     frame = _read_csv(path, dropped)
     _require_columns(frame, ["imdbId", "Title", "Genre"], path)
     posters = _poster_dir(root)
     by_stem = _posters_by_stem(posters)
-    for movie_id, title, genres in zip(frame["imdbId"], frame["Title"], frame["Genre"]):
+    titles = list(frame["Title"].map(strip_year))
+    texts = _texts({TITLE: titles, **{c: list(frame[c]) for c in frame.columns}}, text, path, len(frame))
+    for movie_id, title, genres, words in zip(frame["imdbId"], titles, frame["Genre"], texts):
         movie_id = movie_id.strip()
         name = by_stem.get(movie_id)
         rel = f"{posters.name}/{name}" if name else None
-        yield movie_id, strip_year(title), rel, parse_genres(genres, genre_sep)
+        yield movie_id, title, rel, parse_genres(genres, genre_sep), words
 
 
 def _records_csv(
@@ -391,6 +431,7 @@ def _records_csv(
     id_column: str | None = None,
     title_column: str | None = None,
     delimiter: str = ",",
+    text: list | None = None,
     **_,
 ):
     path = root / csv_file
@@ -402,9 +443,10 @@ def _records_csv(
     n = len(frame)
     paths = frame[path_column].str.strip()
     ids = frame[id_column].str.strip() if id_column else [os.path.splitext(p)[0] for p in paths]
-    titles = frame[title_column].map(strip_year) if title_column else [""] * n
-    for movie_id, title, rel, genres in zip(ids, titles, paths, frame[genres_column]):
-        yield movie_id, title, rel, parse_genres(genres, genre_sep)
+    titles = list(frame[title_column].map(strip_year)) if title_column else [""] * n
+    texts = _texts({TITLE: titles, **{c: list(frame[c]) for c in frame.columns}}, text, path, n)
+    for movie_id, title, rel, genres, words in zip(ids, titles, paths, frame[genres_column], texts):
+        yield movie_id, title, rel, parse_genres(genres, genre_sep), words
 
 
 READERS = {
@@ -436,6 +478,7 @@ def load_dataset(
     check_images: bool = True,
     max_pixels: int = MAX_PIXELS,
     verbose: int | str = 0,
+    text: list | str | None = None,
     **csv_options,
 ) -> PosterTable:
     """Read a dataset folder into a `PosterTable`.
@@ -449,6 +492,10 @@ def load_dataset(
     The same poster file reached by several rows (posters/1.jpg,
     ./posters/1.jpg, a link) is kept once and the others counted, so one
     poster can never land in two split parts.
+    text: the columns whose text goes beside the poster ("title" is the title with
+        the year stripped, in every format; any other name is a column of the
+        table: the csv format's, MovieGenre.csv's, or Letterboxd's movies.csv),
+        joined with spaces. A missing or empty text is "" (counted in the summary).
     csv_options: for format "csv": csv_file, path_column, genres_column,
         id_column, title_column, delimiter.
     """
@@ -456,6 +503,7 @@ def load_dataset(
         raise GenreclsError(f"--genre-sep must be a visible separator such as '|', not {genre_sep!r}")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise GenreclsError(f"--max-pixels must be a positive integer, not {max_pixels!r}")
+    text = text_columns(text)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise GenreclsError(f"dataset folder {root} does not exist")
@@ -473,7 +521,8 @@ def load_dataset(
     seen: set[str] = set()
     files: dict[tuple, str] = {}  # (device, inode) -> the id that has that poster file
     rows = []
-    for movie_id, title, rel, genres in READERS[fmt](root, dropped, genre_sep=genre_sep, **csv_options):
+    for movie_id, title, rel, genres, words in READERS[fmt](root, dropped, genre_sep=genre_sep, text=text,
+                                                            **csv_options):
         label = f"{movie_id} ({title})" if title else movie_id
         if movie_id in seen:
             dropped.add(DUPLICATE_ID, label)
@@ -504,14 +553,14 @@ def load_dataset(
             dropped.add(SAME_FILE, f"{label}: {rel} is {files[identity]}'s poster")
             continue
         files[identity] = movie_id
-        rows.append((movie_id, title, full, genres))
+        rows.append((movie_id, title, full, genres, words))
 
     if dropped.counts[MALFORMED_GENRES] > len(rows):
         raise GenreclsError(
             f"most genre strings in {root} look split with the wrong separator "
             f"(e.g. {dropped.examples[MALFORMED_GENRES][0]!r}); pass --genre-sep"
         )
-    frame = pd.DataFrame(rows, columns=["id", "title", "path", "genres"])
+    frame = pd.DataFrame(rows, columns=["id", "title", "path", "genres", "text"])
     frame["genres"] = merge_case_variants(list(frame["genres"]))
 
     if check_images and len(frame):
@@ -525,7 +574,24 @@ def load_dataset(
 
     if frame.empty:
         raise GenreclsError(f"no usable posters in {root} ({dropped})")
-    return PosterTable(frame=frame, root=root, format=fmt, dropped=dropped)
+    if text and not frame["text"].str.len().any():
+        raise GenreclsError(f"--text {','.join(text)}: every poster's text is empty in {root}; name a column "
+                            "that holds titles or summaries")
+    return PosterTable(frame=frame, root=root, format=fmt, dropped=dropped, text=text)
+
+
+def text_columns(text) -> list | None:
+    """--text 'title,plot' -> ['title', 'plot']; None or '' -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, str):
+        text = text.split(",")
+    if not isinstance(text, (list, tuple)) or not all(isinstance(c, str) for c in text):
+        raise GenreclsError(f"--text must name columns like title or title,plot, not {text!r}")
+    columns = [c.strip() for c in text]
+    if not all(columns) or len(set(columns)) != len(columns):
+        raise GenreclsError(f"--text must name distinct, non-empty columns like title,plot, not {','.join(text)!r}")
+    return columns
 
 
 def summarize(table: PosterTable) -> dict:
@@ -543,6 +609,7 @@ def summarize(table: PosterTable) -> dict:
         "multi_genre": multi,
         "multi_genre_share": multi / n if n else 0.0,
         "dropped": table.dropped.to_dict(),
+        **({"text": {"columns": table.text, "empty": int((table.frame["text"] == "").sum())}} if table.text else {}),
     }
 
 
@@ -561,6 +628,10 @@ def format_summary(summary: dict) -> str:
     ]
     for genre, count in summary["genre_counts"].items():
         lines.append(f"{genre:<20}{count:>9,}{count / summary['posters']:>8.1%}")
+    if "text" in summary:
+        text = summary["text"]
+        lines.insert(5, f"text      {', '.join(text['columns'])}: {summary['posters'] - text['empty']:,} posters "
+                        f"have text, {text['empty']:,} have none (an empty text, never dropped)")
     dropped = summary["dropped"]
     lines.append("")
     lines.append(f"dropped   {dropped['total']:,}")

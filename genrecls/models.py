@@ -1,7 +1,9 @@
 """The model factory: backbone + head + compile, OvA assembly, calibration.
 
 Training, tuning and the benchmarks all build their models here, so a model
-is assembled the same way wherever it is trained.
+is assembled the same way wherever it is trained. A whole model reads an
+image tensor, or a dict {"image", "text"} when it has a text branch, or
+{"text"} alone with --backbone none (`input_names`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ import numpy as np
 
 from genrecls.backbones import build_backbone, set_trainable
 from genrecls.components import Calibration
-from genrecls.config import TrainConfig
+from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.heads import build_head
 from genrecls.modes import Mode
+from genrecls.text import TEXT_INPUT
 
 
 @dataclass
 class Built:
-    backbone: keras.Model
-    head: keras.Model  # features -> probabilities
-    full: keras.Model  # image -> probabilities
-    trainable: str  # frozen | partial | all
+    backbone: keras.Model | None  # None: text only
+    head: keras.Model  # features (+ text) -> probabilities
+    full: keras.Model  # image (+ text) -> probabilities
+    trainable: str  # frozen | partial | all | none (no backbone)
 
 
 def fine_tune(cfg: TrainConfig) -> tuple:
@@ -35,25 +38,59 @@ def fine_tune(cfg: TrainConfig) -> tuple:
 
 
 def new_backbone(cfg: TrainConfig, fine_tune_last: int | None = None) -> tuple[keras.Model, str]:
-    """The config's backbone with its trainable layers set (`fine_tune_last` overrides the config)."""
+    """The config's backbone with its trainable layers set (`fine_tune_last` overrides the config).
+
+    (None, "none") for a text-only model."""
+    if cfg.backbone == NO_BACKBONE:
+        return None, NO_BACKBONE
     backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
     layers = (fine_tune_last, None) if fine_tune_last is not None else fine_tune(cfg)
     return backbone, set_trainable(backbone, *layers)
 
 
-def attach(backbone: keras.Model, head: keras.Model, trainable: str, name: str = "genrecls") -> keras.Model:
-    """Image -> backbone -> head. Frozen or partly tuned backbones run in inference mode."""
-    inputs = keras.Input(backbone.input_shape[1:], name="image")
-    training = None if trainable == "all" else False
-    return keras.Model(inputs, head(backbone(inputs, training=training)), name=name)
+IMAGE_INPUT = "image"  # the name of a whole model's poster input
+
+
+def input_names(model: keras.Model) -> tuple:
+    """What a whole model reads: ("image",), ("image", "text") or ("text",)."""
+    return tuple(model.input) if isinstance(model.input, dict) else (IMAGE_INPUT,)
+
+
+def fresh_inputs(model: keras.Model):
+    """New keras.Input tensors like the model's inputs (one tensor, or a dict by name)."""
+    return keras.tree.map_structure(lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
+                                    model.input)
+
+
+def _through_backbone(backbone: keras.Model, text: bool, trainable: str):
+    """(inputs of a whole model, what its head reads): image -> backbone, and the text as it comes."""
+    image = keras.Input(backbone.input_shape[1:], name=IMAGE_INPUT)
+    features = backbone(image, training=None if trainable == "all" else False)
+    if not text:
+        return image, features
+    words = keras.Input((), dtype="string", name=TEXT_INPUT)
+    return {IMAGE_INPUT: image, TEXT_INPUT: words}, {"features": features, TEXT_INPUT: words}
+
+
+def attach(backbone: keras.Model | None, head: keras.Model, trainable: str, name: str = "genrecls") -> keras.Model:
+    """Image (+ text) -> backbone -> head. Frozen or partly tuned backbones run in inference mode.
+
+    Without a backbone (text only) the head is the whole model."""
+    if backbone is None:
+        return head
+    inputs, head_inputs = _through_backbone(backbone, TEXT_INPUT in input_names(head), trainable)
+    return keras.Model(inputs, head(head_inputs), name=name)
 
 
 def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple | None = None,
-                head=None, dropout: float | None = None, name: str = "genrecls") -> Built:
-    """Backbone (built, or the (model, trainable) given) + a head of `outputs` units."""
+                head=None, dropout: float | None = None, name: str = "genrecls", text=None) -> Built:
+    """Backbone (built, or the (model, trainable) given) + a head of `outputs` units.
+
+    text: a function of the string input giving text features (text.TextEncoder.branch), or None."""
     backbone, trainable = backbone or new_backbone(cfg)
-    head = build_head(backbone.output_shape[-1], outputs, activation, cfg.head if head is None else head,
-                      cfg.dropout if dropout is None else dropout, name=f"{name}_head")
+    head = build_head(backbone.output_shape[-1] if backbone is not None else 0, outputs, activation,
+                      cfg.head if head is None else head, cfg.dropout if dropout is None else dropout,
+                      name=name if backbone is None else f"{name}_head", text_branch=text)
     return Built(backbone, head, attach(backbone, head, trainable, name=name), trainable)
 
 
@@ -80,8 +117,8 @@ def _concatenate(outputs: list):
 
 
 def combine_heads(heads: list) -> keras.Model:
-    """Features -> a probability per genre, from OvA member heads."""
-    inputs = keras.Input(heads[0].input_shape[1:], name="features")
+    """Features (+ text) -> a probability per genre, from OvA member heads."""
+    inputs = fresh_inputs(heads[0])
     return keras.Model(inputs, _concatenate([h(inputs) for h in heads]), name="ova_heads")
 
 
@@ -92,18 +129,17 @@ def combine_members(members: list, backbone: keras.Model | None) -> keras.Model:
     the backbone runs once per poster; otherwise each member is a whole model.
     """
     if backbone is not None:
-        inputs = keras.Input(backbone.input_shape[1:], name="image")
-        features = backbone(inputs, training=False)
-        outputs = [m(features) for m in members]
+        inputs, head_inputs = _through_backbone(backbone, TEXT_INPUT in input_names(members[0]), "frozen")
+        outputs = [m(head_inputs) for m in members]
     else:
-        inputs = keras.Input(members[0].input_shape[1:], name="image")
+        inputs = fresh_inputs(members[0])
         outputs = [m(inputs) for m in members]
     return keras.Model(inputs, _concatenate(outputs), name="genrecls_ova")
 
 
 def calibrated(model: keras.Model, scale, bias, activation: str) -> keras.Model:
     """The model followed by a Calibration layer (identity numbers give the same outputs)."""
-    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name.split(":")[0])
+    inputs = fresh_inputs(model)
     layer = Calibration(np.asarray(scale, float).tolist(), np.asarray(bias, float).tolist(), activation,
                         name="calibration")
     return keras.Model(inputs, layer(model(inputs)), name=model.name)

@@ -73,13 +73,15 @@ def load_image(path: tf.Tensor, image_size: int = 224, resize: str = "pad") -> t
     return decode_image(tf.io.read_file(path), image_size, resize)
 
 
-def _cache_file(prefix: str, paths, labels, image_size: int, resize: str) -> str:
+def _cache_file(prefix: str, paths, labels, image_size: int, resize: str, texts=None) -> str:
     """A cache file per distinct dataset: tf.data would otherwise hand one dataset's
     cached posters to any other dataset given the same file prefix."""
     digest = hashlib.sha1(f"{image_size}|{resize}|".encode())
     digest.update("\0".join(paths).encode())
     if labels is not None:
         digest.update(np.ascontiguousarray(labels).tobytes())
+    if texts is not None:
+        digest.update("\0".join(texts).encode())
     return f"{prefix}_{digest.hexdigest()[:16]}"
 
 
@@ -136,6 +138,7 @@ def make_dataset(
     paths,
     labels=None,
     *,
+    texts=None,
     image_size: int = 224,
     batch_size: int = 128,
     resize: str = "pad",
@@ -153,6 +156,8 @@ def make_dataset(
 
     paths: poster file paths. labels: array-like with one row per path
     (multi-hot, one-hot, class index or binary), or None.
+    texts: one string per path, or None; with texts each element's image becomes
+        {"image": image, "text": text}, the inputs of a model with a text branch.
     cache: None, "memory", or a file path prefix for an on-disk cache. The
         cache holds decoded, resized images, so later epochs skip decoding;
         shuffling and augmentation run after it, so each epoch differs.
@@ -175,23 +180,29 @@ def make_dataset(
         labels = np.asarray(labels)
         if len(labels) != len(paths):
             raise GenreclsError(f"{len(paths)} posters but {len(labels)} labels")
+    if texts is not None:
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in np.asarray(texts).tolist()]
+        if len(texts) != len(paths):
+            raise GenreclsError(f"{len(paths)} posters but {len(texts)} texts")
     if check_files:
         keep = readable(paths)
         paths = [p for p, k in zip(paths, keep) if k]
         labels = labels[keep] if labels is not None else None
+        texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
         if not paths:
             raise GenreclsError("none of the posters is a readable image")
-    if labels is not None:
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(paths)
+    columns = (paths,) + ((tf.constant(texts, tf.string),) if texts is not None else ())
+    ds = tf.data.Dataset.from_tensor_slices(columns + ((labels,) if labels is not None else ()))
 
     if shuffle and not cache:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
-    def load(path, *label):
-        image = load_image(path, image_size, resize)
-        return (image, *label) if label else image
+    def load(path, *rest):
+        x = load_image(path, image_size, resize)
+        if texts is not None:
+            text, *rest = rest
+            x = {"image": x, "text": text}
+        return (x, *rest) if rest else x
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if skip_errors:
@@ -200,14 +211,16 @@ def make_dataset(
         if keep_length:  # cut an endless repeat at the length: known to tf.data, and true
             ds = ds.repeat().take(len(paths))
     if cache:
-        ds = ds.cache("" if cache == "memory" else _cache_file(cache, paths, labels, image_size, resize))
+        ds = ds.cache("" if cache == "memory" else _cache_file(cache, paths, labels, image_size, resize, texts))
         if shuffle:
             ds = ds.shuffle(min(shuffle_buffer, len(paths)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
         layers = augment.layers(seed)
-        if labels is not None:
-            ds = ds.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=AUTOTUNE)
-        else:
-            ds = ds.map(lambda x: layers(x, training=True), num_parallel_calls=AUTOTUNE)
+
+        def augmented(x, *label):
+            x = {**x, "image": layers(x["image"], training=True)} if texts is not None else layers(x, training=True)
+            return (x, *label) if label else x
+
+        ds = ds.map(augmented, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

@@ -19,10 +19,30 @@ def _save(fig, path, dpi: int) -> None:
     plt.close(fig)
 
 
-def check_plot_path(path: str | os.PathLike) -> None:
-    """A plot path a user named: a .png in an existing folder, and never a file genrecls did not write."""
+def written_by_genrecls(path: str | os.PathLike) -> bool:
+    """True for a PNG (not a link) that carries genrecls's Software tag."""
     from PIL import Image
 
+    if os.path.islink(path):
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == SOFTWARE
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def save_png(image, path: str | os.PathLike) -> None:
+    """A PIL image as PNG with genrecls's Software tag (so a later run may replace it)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE)
+    image.save(path, format="PNG", pnginfo=info)
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A plot path a user named: a .png in an existing folder, and never a file genrecls did not write."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise GenreclsError(f"--plot {path} is a folder; name the .png file to write")
@@ -32,12 +52,7 @@ def check_plot_path(path: str | os.PathLike) -> None:
     if not os.path.isdir(parent):
         raise GenreclsError(f"--plot {path}: the folder {parent} is missing; create it first")
     if os.path.lexists(path):
-        try:
-            with Image.open(path) as image:
-                ours = image.info.get("Software") == SOFTWARE
-        except (OSError, SyntaxError, ValueError):
-            ours = False
-        if os.path.islink(path) or not ours:
+        if not written_by_genrecls(path):
             raise GenreclsError(f"--plot {path} already exists and genrecls did not write it; "
                                 "name a new file (genrecls never overwrites files it did not create)")
 

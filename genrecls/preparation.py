@@ -15,12 +15,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from genrecls.config import TrainConfig
+from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.datasets import PosterTable, load_dataset
 from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
 from genrecls.modes import get_mode
 from genrecls.pipeline import Augmentation, make_dataset
 from genrecls.progress import progress_bar
+from genrecls.text import TEXT_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class PreparedData:
     strata: np.ndarray  # collapsed single label per poster
     split: Split
     unlabelled: int  # posters with no genre inside the vocabulary
+    texts: np.ndarray | None = None  # the text beside each poster (cfg.text), or None
 
     def targets(self, mode: str) -> np.ndarray:
         """What a mode's model learns (one-hot collapsed labels or multi-hot genres)."""
@@ -54,8 +56,10 @@ class PreparedData:
 
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
     """Load the table, fit (or reuse) the vocabulary, encode, and split (labels.split_posters) with the seed."""
+    if table is not None and cfg.text and table.text != cfg.text:
+        table = None  # a table read without this run's text: read it again with it
     table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
-                                  verbose=cfg.verbose, **cfg.csv_options)
+                                  verbose=cfg.verbose, text=cfg.text, **cfg.csv_options)
     genre_lists = list(table.frame["genres"])
     vocab = vocab or GenreVocabulary.fit(
         genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres
@@ -69,6 +73,7 @@ def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: Genr
     return PreparedData(
         table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
         Y, strata, split, len(table) - len(keep),
+        table.frame["text"].to_numpy(dtype=object)[keep] if cfg.text else None,
     )
 
 
@@ -93,11 +98,18 @@ def extract_features(backbone: keras.Model, paths, cfg: TrainConfig) -> tuple[np
 
 
 class Inputs:
-    """Datasets for a set of poster indices: from cached features or from images."""
+    """Datasets for a set of poster indices: from cached features or from images, with their texts.
 
-    def __init__(self, cfg: TrainConfig, paths: np.ndarray, backbone: keras.Model | None):
+    What each batch holds matches the model's inputs: an image (or feature) tensor
+    alone, or a dict with "image" (or "features") and "text"; text only with --backbone none.
+    """
+
+    def __init__(self, cfg: TrainConfig, paths: np.ndarray, backbone: keras.Model | None,
+                 texts: np.ndarray | None = None):
         self.cfg = cfg
         self.paths = paths
+        self.texts = texts
+        self.posters = cfg.backbone != NO_BACKBONE
         self.features = None
         self.decoded = np.ones(len(paths), dtype=bool)
         if backbone is not None:
@@ -110,15 +122,19 @@ class Inputs:
 
     def dataset(self, idx: np.ndarray, targets: np.ndarray, training: bool) -> tf.data.Dataset:
         cfg = self.cfg
-        if self.features is not None:
-            ds = tf.data.Dataset.from_tensor_slices((self.features[idx], targets))
+        texts = None if self.texts is None else [str(t) for t in self.texts[idx]]
+        if self.features is not None or not self.posters:
+            x = {} if texts is None else {TEXT_INPUT: tf.constant(texts, tf.string)}
+            if self.features is not None:
+                x["features"] = self.features[idx]
+            ds = tf.data.Dataset.from_tensor_slices((x if texts is not None else x["features"], targets))
             if training:
                 ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
             return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
         # keep_length: Keras knows each epoch's length even if a poster fails at decode (another stands in
         # for it: a validation loss may count one poster twice; predict_split drops the repeat)
         return make_dataset(
-            self.paths[idx], targets, image_size=cfg.image_size, batch_size=cfg.batch_size,
+            self.paths[idx], targets, texts=texts, image_size=cfg.image_size, batch_size=cfg.batch_size,
             resize=cfg.resize, shuffle=training, seed=cfg.seed, cache=cfg.cache,
             augment=Augmentation() if (training and cfg.augment) else None, check_files=False, keep_length=True,
         )

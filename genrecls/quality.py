@@ -4,11 +4,15 @@ Trains a recipe (`config.RECIPES`) in each mode on one dataset (by default
 ../shared/datasets/ml1m, the default seeded split), evaluates each run on its
 test split with the decision rule chosen on validation, and writes
 
-    OUT/quality.json   per mode: scores, their baselines, beats flags, seconds; the machine and date
+    OUT/quality.json   per row: scores, their baselines, beats flags, seconds; the machine and date
     OUT/quality.md     the table the README shows
 
-The runs stay in RUNS/<mode> (reports and plots included) for a closer look.
-This is a benchmark, not a test: it takes minutes per mode on a CPU.
+A row is a mode and its inputs: the poster alone, the text alone (`--backbone
+none`) or both fused (`inputs`, with `text` naming the columns, e.g. title).
+With the recipe's shared trunk, rows after the first reuse the trunk the first
+one trained (same data, seed and trunk settings), so their seconds leave it out.
+The runs stay in RUNS/<row> (reports and plots included) for a closer look.
+This is a benchmark, not a test: it takes minutes per row on a CPU.
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ import platform
 import time
 from pathlib import Path
 
-from genrecls.config import RECIPES, TrainConfig
+from genrecls.config import NO_BACKBONE, RECIPES, TrainConfig
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import metric_name
 from genrecls.modes import MODES
+from genrecls.runs import CHECKPOINTS, TRUNK
 
 ML1M = Path("../shared/datasets/ml1m")  # relative to where the command runs: the repository root
 HEADLINE = ("f1_micro", "f1_macro", "f1_weighted", "map_at_3", "roc_auc_mean")
+# What a row feeds the model: its label after the mode's name, and the settings it changes.
+INPUTS = {
+    "poster": ("", lambda text: {}),
+    "text": (" · {text} only", lambda text: {"text": text, "backbone": "none"}),
+    "both": (" · poster + {text}", lambda text: {"text": text}),
+}
 
 
 def default_data() -> Path:
@@ -36,8 +47,8 @@ def default_data() -> Path:
 
 
 def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, recipe: str = "scratch",
-                epochs: int | None = None, seed: int = 0) -> dict:
-    """Train and evaluate `recipe` in each mode; write OUT/quality.json and quality.md."""
+                epochs: int | None = None, seed: int = 0, inputs=("poster",), text=("title",)) -> dict:
+    """Train and evaluate `recipe` in each mode with each of `inputs`; write OUT/quality.json and quality.md."""
     from genrecls.training import train, versions
 
     if recipe not in RECIPES:
@@ -47,6 +58,9 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
     if unknown:
         raise GenreclsError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     data = Path(data) if data else default_data()
+    unknown = [i for i in inputs if i not in INPUTS]
+    if unknown:
+        raise GenreclsError(f"unknown input(s) {', '.join(unknown)}; choose from {', '.join(INPUTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**RECIPES[recipe], **({"epochs": epochs} if epochs else {})}
@@ -54,13 +68,22 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), **versions()},
                "data": str(data.resolve()), "recipe": recipe, "settings": settings, "modes": {}}
     earlier = _earlier(out / "quality.json", results)
-    results["modes"] = {m: r for m, r in earlier.items() if m not in modes}  # keep other modes of the same setup
-    for i, mode in enumerate(modes, 1):
-        cfg = TrainConfig(data=str(data), mode=mode, seed=seed, verbose=2, **settings)
-        print(f"[{i}/{len(modes)}] {mode}: training {cfg.backbone} at {cfg.image_size} px", flush=True)
+    rows = [(f"{mode}{INPUTS[i][0].format(text=' + '.join(text))}", mode, INPUTS[i][1](list(text)))
+            for i in inputs for mode in modes]
+    results["modes"] = {m: r for m, r in earlier.items() if m not in {label for label, _, _ in rows}}
+    trunk = None
+    for n, (label, mode, changes) in enumerate(rows, 1):
+        cfg = TrainConfig(data=str(data), mode=mode, seed=seed, verbose=2, **{**settings, **changes})
+        print(f"[{n}/{len(rows)}] {label}: training {cfg.backbone}"
+              + (f" at {cfg.image_size} px" if cfg.image_size else ""), flush=True)
+        run = Path(runs) / label.replace(" · ", "-").replace(" + ", "+").replace(" ", "-")
         started = time.time()
-        report = train(cfg, Path(runs) / mode, overwrite=True)
-        results["modes"][mode] = summarize(report, time.time() - started)
+        report = train(cfg, run, overwrite=True, trunk_from=trunk)
+        trained = run / CHECKPOINTS / TRUNK
+        results["modes"][label] = {**summarize(report, time.time() - started),
+                                   "inputs": (["poster"] if cfg.backbone != NO_BACKBONE else []) + (cfg.text or []),
+                                   **({"reused_trunk": True} if trunk and trained.exists() else {})}
+        trunk = trunk or (trained if trained.exists() else None)
         (out / "quality.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         (out / "quality.md").write_text(format_markdown(results))
     return results
@@ -97,19 +120,24 @@ def format_markdown(results: dict) -> str:
         f"Keras {m['keras']}; data `{results['data']}`, recipe `{results['recipe']}`: "
         + ", ".join(f"{k}={v}" for k, v in results["settings"].items()),
         "",
-        "| mode | " + " | ".join(metric_name(k) for k in HEADLINE) + " | decisions | seconds |",
+        "| mode · inputs | " + " | ".join(metric_name(k) for k in HEADLINE) + " | decisions | seconds |",
         "| --- |" + " ---: |" * len(HEADLINE) + " --- | ---: |",
     ]
     baselines = {}
     for mode, r in results["modes"].items():
         cells = [f"{r['scores'][k]:.3f}" + ("" if r["beats"][k] else " ⚠") if k in r["scores"] else "–"
                  for k in HEADLINE]
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {r['policy']} | {r['seconds']:.0f} |")
+        seconds = f"{r['seconds']:.0f}" + (" †" if r.get("reused_trunk") else "")
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {r['policy']} | {seconds} |")
         baselines.update({k: v for k, v in r["baselines"].items()})
     for name in dict.fromkeys(v["name"] for v in baselines.values()):
         cells = [f"{baselines[k]['value']:.3f}" if k in baselines and baselines[k]["name"] == name else ""
                  for k in HEADLINE]
         lines.append(f"| *{name}* | " + " | ".join(cells) + " | | |")
     lines += ["", "⚠ marks a score that does not beat its baseline. Baselines are computed on the same test "
-              "split from the training split's genre prevalence.", ""]
+              "split from the training split's genre prevalence."]
+    if any(r.get("reused_trunk") for r in results["modes"].values()):
+        lines.append("† reused the shared trunk an earlier row trained (same data, seed and trunk settings); "
+                     "its seconds leave that stage out.")
+    lines.append("")
     return "\n".join(lines)

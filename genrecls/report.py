@@ -10,6 +10,7 @@ import pandas as pd
 from genrecls.datasets import PosterTable
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import evaluate_predictions, metric_name
+from genrecls.html_report import GRADCAM_IMAGES, build_gallery, data_uri, render_html
 from genrecls.plots import (
     plot_confusion_matrices,
     plot_f1_against_random,
@@ -20,7 +21,7 @@ from genrecls.plots import (
 )
 from genrecls.policies import OPTIMIZE, choose_policy, fixed
 from genrecls.preparation import Inputs, predict_split, prepare_data
-from genrecls.runs import HISTORY, REPORT, SPLITS, RunFolder
+from genrecls.runs import HISTORY, REPORT, REPORT_HTML, SPLITS, RunFolder
 
 PLOTS = {
     "genre_distribution.png": "Genre distribution",
@@ -41,8 +42,14 @@ def evaluate_run(
     k: int = 3,
     plots: bool = True,
     table: PosterTable | None = None,
+    gradcam: int = GRADCAM_IMAGES,
 ) -> dict:
     """Evaluate a trained run on one split and write its report files into the run.
+
+    report.md and report.html hold the same tables; with `plots` the PNG plots
+    are written and shown, and report.html gets a gallery of the split's
+    posters with `gradcam` Grad-CAM heatmaps (0: none). Without `plots`,
+    both reports are tables only.
 
     Decisions: the policy that maximises the `optimize` F1 (default: the
     run's config) on the validation split (argmax, top-k, global or
@@ -58,13 +65,15 @@ def evaluate_run(
         raise GenreclsError(f"threshold must be a number in [0, 1], not {threshold!r}")
     if not isinstance(k, int) or k < 1:
         raise GenreclsError(f"k must be a positive integer, not {k!r}")
+    if isinstance(gradcam, bool) or not isinstance(gradcam, int) or gradcam < 0:
+        raise GenreclsError(f"gradcam must be a number of heatmaps (0 or more), not {gradcam!r}")
     folder = RunFolder.open(run)
     cfg = folder.load_config(os.path.abspath(data) if data else None)
     vocab = folder.load_vocab()
     prepared = prepare_data(cfg, table if not data else None, vocab=vocab)
     model = folder.load_model()
     names = vocab.names
-    inputs = Inputs(cfg, prepared.paths, backbone=None)  # whole model on images, as predict and export see it
+    inputs = Inputs(cfg, prepared.paths, None, prepared.texts)  # the whole model, as predict and export see it
 
     saved = folder.load_split()
     train_rows, _ = prepared.rows(saved["train"])
@@ -92,9 +101,16 @@ def evaluate_run(
                     "failed to decode": int(len(rows) - len(seen))},
     }
     folder.save_metrics(report)
+    gallery = []
     if plots:
         _write_plots(folder.path, prepared, report, probabilities, seen, names)
+        titles = dict(zip(prepared.table.frame["id"], prepared.table.frame["title"]))
+        gallery = build_gallery(prepared.paths[seen], [titles.get(i, "") for i in prepared.ids[seen]],
+                                prepared.Y[seen], probabilities, policy.decide(probabilities), names,
+                                model=model, resize=cfg.resize, gradcam=gradcam,
+                                texts=None if prepared.texts is None else prepared.texts[seen])
     (folder / REPORT).write_text(render_markdown(folder.path, report, plots), encoding="utf-8")
+    (folder / REPORT_HTML).write_text(render_report_html(folder.path, report, plots, gallery), encoding="utf-8")
     return report
 
 
@@ -113,6 +129,39 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+# The report's tables, as text cells both report.md and report.html show.
+GENRE_COLUMNS = ("genre", "precision", "recall", "F1", "random F1", "most-common F1", "ROC-AUC", "AP", "ECE",
+                 "threshold", "support")
+BASELINE_COLUMNS = ("score", "model", "baseline", "baseline is", "beats it")
+WARNING_NOTE = "⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence."
+
+
+def genre_rows(report: dict) -> list[tuple[list[str], bool]]:
+    """(cells, beats random) per genre, in GENRE_COLUMNS order; an F1 that does not beat random carries ⚠."""
+    rows = []
+    for name, m in report["genres"].items():
+        f1 = f"{m['f1']:.3f}" + ("" if m["beats_random"] else " ⚠")
+        cells = [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f1, f"{m['random_f1']:.3f}",
+                 f"{m['most_common_f1']:.3f}", _fmt(m["roc_auc"]), _fmt(m["average_precision"]), f"{m['ece']:.3f}",
+                 _fmt(m["threshold"]), str(m["support"])]
+        rows.append((cells, bool(m["beats_random"])))
+    return rows
+
+
+def baseline_rows(report: dict) -> list[tuple[list[str], bool]]:
+    """(cells, beats the baseline) per overall score, in BASELINE_COLUMNS order."""
+    return [([metric_name(key), f"{v['model']:.3f}", f"{v['baseline']:.3f}", v["baseline_name"],
+              "yes" if v["beats"] else "NO ⚠"], bool(v["beats"]))
+            for key, v in report["versus_baselines"].items()]
+
+
+def dropped_counts(report: dict) -> list[tuple[str, int]]:
+    """(reason, posters) for everything left out of the evaluation."""
+    dropped = report["dropped"]
+    return list(dropped.get("counts", {}).items()) + [
+        (reason, n) for reason, n in dropped.items() if reason not in ("counts", "examples", "total")]
+
+
 def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
     """report.md: the tables a person reads first, then the plots."""
     o = report["overall"]
@@ -129,26 +178,19 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
         "",
         "## Per genre",
         "",
-        "| genre | precision | recall | F1 | random F1 | most-common F1 | ROC-AUC | AP | ECE | threshold | support |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| " + " | ".join(GENRE_COLUMNS) + " |",
+        "| --- |" + " ---: |" * (len(GENRE_COLUMNS) - 1),
     ]
-    for name, m in report["genres"].items():
-        f1 = f"{m['f1']:.3f}" if m["beats_random"] else f"{m['f1']:.3f} ⚠"
-        lines.append(
-            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {f1} | {m['random_f1']:.3f} | "
-            f"{m['most_common_f1']:.3f} | {_fmt(m['roc_auc'])} | {_fmt(m['average_precision'])} | {m['ece']:.3f} | "
-            f"{_fmt(m['threshold'])} | {m['support']} |"
-        )
-    lines += ["", "⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence.", ""]
+    lines += ["| " + " | ".join(cells) + " |" for cells, _ in genre_rows(report)]
+    lines += ["", WARNING_NOTE, ""]
     lines += [
         "## Overall, against the trivial baselines",
         "",
-        "| score | model | baseline | baseline is | beats it |",
+        "| " + " | ".join(BASELINE_COLUMNS) + " |",
         "| --- | ---: | ---: | --- | :---: |",
     ]
-    for key, v in report["versus_baselines"].items():
-        lines.append(f"| {metric_name(key)} | {v['model']:.3f} | {v['baseline']:.3f} | {v['baseline_name']} | "
-                     f"{'yes' if v['beats'] else '**NO** ⚠'} |")
+    lines += ["| " + " | ".join(cells[:-1] + ["yes" if beats else "**NO** ⚠"]) + " |"
+              for cells, beats in baseline_rows(report)]
     lines += [
         "",
         f"Hamming loss {o['hamming_loss']:.3f}, subset accuracy {o['subset_accuracy']:.3f}, "
@@ -177,14 +219,27 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
                   for n, c in view["classes"].items()]
         lines.append("")
     lines += ["## Dropped data", ""]
-    dropped = report["dropped"]
-    lines += [f"- {reason}: {n}" for reason, n in dropped.get("counts", {}).items()]
-    lines += [f"- {reason}: {n}" for reason, n in dropped.items() if reason not in ("counts", "examples", "total")]
+    lines += [f"- {reason}: {n}" for reason, n in dropped_counts(report)]
     lines.append("")
     if plots:
         lines += ["## Plots", ""]
         lines += [f"### {title}\n\n![{title}]({name})\n" for name, title in PLOTS.items() if (run / name).exists()]
     return "\n".join(lines)
+
+
+def render_report_html(run: Path, report: dict, plots: bool = True, gallery: list | None = None) -> str:
+    """report.html: report.md's tables, the run's plots (embedded) and the poster gallery (html_report)."""
+    plots = [(title, data_uri((run / name).read_bytes(), "image/png"))
+             for name, title in PLOTS.items() if plots and (run / name).exists()]
+    return render_html({
+        "run": run.name, "report": report,
+        "optimistic": report["split"] == "val" and "validation" in report["policy"]["reason"],
+        "genre_columns": GENRE_COLUMNS, "genre_rows": genre_rows(report), "warning_note": WARNING_NOTE,
+        "baseline_columns": BASELINE_COLUMNS, "baseline_rows": baseline_rows(report),
+        "dropped": dropped_counts(report), "plots": plots, "gallery": gallery or [],
+        "heatmaps": sum(bool(card["heatmap"]) for section in gallery or [] for group in section["groups"]
+                        for card in group["cards"]),
+    })
 
 
 COMPARISON_HEAD = "<!-- written by genrecls compare -->\n"

@@ -11,6 +11,8 @@
       metrics.json       evaluation of one split (schema in the README)
       search.json        (a search folder) the settings and space a resumed search must match
       report.md, *.png   the human-readable report and its plots
+      report.html        the same report in one self-contained page, with a poster gallery and Grad-CAM
+      explain/           Grad-CAM overlays written by `genrecls explain` (unless --out names another folder)
       checkpoints/       per-fit history and a backup for resuming
 
 A folder is claimed fresh, resumed (same settings, not finished) or refused.
@@ -41,9 +43,11 @@ METRICS = "metrics.json"
 MODEL = "model.keras"
 OVA = "ova"
 COMBINED = "combined.keras"
-TRUNK = "trunk.keras"  # the shared backbone of an OvA run with --ova-trunk shared
+TRUNK = "trunk.keras"  # the shared backbone of a run with --trunk shared
 HISTORY = "history.csv"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
+EXPLAIN = "explain"
 CHECKPOINTS = "checkpoints"
 SEARCH = "search.json"
 SPLITS = ("train", "val", "test")
@@ -347,8 +351,8 @@ class RunFolder:
 
     @property
     def trunk_path(self) -> Path:
-        (self.path / OVA).mkdir(exist_ok=True)
-        return self.path / OVA / TRUNK
+        (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+        return self.path / CHECKPOINTS / TRUNK
 
     @property
     def checkpoints(self) -> Path:

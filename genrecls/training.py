@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -27,6 +29,7 @@ from genrecls.models import build_model, calibrated, combine_heads, combine_memb
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
 from genrecls.runs import RunFolder, load_keras, member_slug, save_keras
+from genrecls.text import TextEncoder
 
 BALANCING = {"undersample": undersample, "oversample": oversample}
 
@@ -97,8 +100,10 @@ def balanced_rows(cfg: TrainConfig, strata: np.ndarray, rows: np.ndarray) -> np.
 class Trainer:
     """Trains one run into its folder. `train()` is the function most callers want."""
 
-    def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, callbacks=()):
+    def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, callbacks=(),
+                 trunk_from: Path | None = None):
         self.cfg = cfg
+        self.trunk_from = trunk_from  # a shared trunk trained by an earlier run with the same trunk settings
         self.mode = get_mode(cfg.mode)
         self.callbacks = list(callbacks)  # extra Keras callbacks for every fit
         self.out, self.overwrite = out, overwrite
@@ -123,9 +128,15 @@ class Trainer:
         folder.save_vocab(data.vocab)
         folder.save_split(data.split_ids())
         T = data.targets(cfg.mode)
-        use_features = trainable == "frozen" and not cfg.augment and cfg.cache_features
-        inputs = Inputs(cfg, data.paths, backbone if use_features else None)
+        staged = cfg.trunk == "shared" and trainable in ("all", "partial")
+        if staged:
+            backbone, trainable = self._shared_trunk(data, (backbone, trainable)), "frozen"
+        # a frozen backbone (pretrained, or the shared trunk) runs once per poster: heads fit on its features
+        use_features = trainable == "frozen" and (staged or cfg.cache_features and not cfg.augment)
+        inputs = Inputs(cfg, data.paths, backbone if use_features else None, data.texts)
         split = Split(*(inputs.usable(getattr(data.split, p)) for p in ("train", "val", "test")))
+        # the text branch's vocabulary comes from the training split only
+        self.text = TextEncoder(data.texts[split.train], cfg.text_width, cfg.text_dropout).branch if cfg.text else None
 
         self.inputs, self.split = inputs, split
         train_loop = self._train_ova if self.mode.members else self._train_single
@@ -172,7 +183,7 @@ class Trainer:
         cfg = self.cfg
         train = balanced_rows(cfg, data.strata, split.train)
         keras.utils.set_random_seed(cfg.seed)
-        built = build_model(cfg, T.shape[1], self.mode.activation, backbone=backbone)
+        built = build_model(cfg, T.shape[1], self.mode.activation, backbone=backbone, text=self.text)
         fitted = built.head if use_features else built.full
         pos_weight, class_weight = imbalance_weights(cfg, self.mode, T[train], data.strata[train])
         compile_model(fitted, self.mode, cfg, pos_weight=pos_weight, steps_per_epoch=steps(len(train), cfg.batch_size))
@@ -184,38 +195,38 @@ class Trainer:
         bias = self._prior_bias(data, T, split.train, train, weights)
         return built.full, (built.head if use_features else None), bias
 
-    def _shared_trunk(self, data, T, split, backbone):
-        """--ova-trunk shared: the backbone learns all genres at once (multilabel), then freezes.
+    def _shared_trunk(self, data, backbone) -> keras.Model:
+        """--trunk shared: the backbone learns all genres at once (multilabel, posters only), then freezes.
 
-        The members are then heads on its cached features, each on its own
-        balanced set: report 002's recipe, with the shared trunk standing in
-        for the pretrained backbone a user without ImageNet weights lacks.
+        The mode's head (each OvA member's, on its own balanced set, as in report
+        002; the text branch with it) is then fitted on its cached features: the
+        shared trunk stands in for the pretrained backbone a user without ImageNet
+        weights lacks, and a fast-learning text branch cannot stop the slow poster
+        network's training early. Saved, so a resumed run skips it.
         """
         cfg, path = self.cfg, self.folder.trunk_path
+        if not path.exists() and self.trunk_from:
+            shutil.copyfile(self.trunk_from, path)
         if path.exists():
             print(f"shared trunk already trained, loading {path.name}", flush=True)
             trunk = load_keras(path)
         else:
-            print("training the shared trunk on all genres", flush=True)
+            print("stage 1: training the shared trunk on the posters' genres", flush=True)
             mode = get_mode("multilabel")
             keras.utils.set_random_seed(cfg.seed)
-            built = build_model(cfg, T.shape[1], mode.activation, backbone=backbone, name="trunk")
-            compile_model(built.full, mode, cfg, steps_per_epoch=steps(len(split.train), cfg.batch_size))
+            built = build_model(cfg, data.Y.shape[1], mode.activation, backbone=backbone, name="trunk")
+            compile_model(built.full, mode, cfg, steps_per_epoch=steps(len(data.split.train), cfg.batch_size))
             images = Inputs(cfg, data.paths, None)
-            fit(built.full, images.dataset(split.train, T[split.train], True),
-                images.dataset(split.val, T[split.val], False), cfg, self.folder.checkpoints, "trunk",
-                None, self.callbacks)
+            train, val = (images.usable(getattr(data.split, p)) for p in ("train", "val"))
+            fit(built.full, images.dataset(train, data.Y[train], True), images.dataset(val, data.Y[val], False),
+                cfg, self.folder.checkpoints, "trunk", None, self.callbacks)
             trunk = built.backbone
             save_keras(trunk, path)
         trunk.trainable = False
+        print("stage 2: fitting the head on the trunk's features" + (" and the text" if cfg.text else ""), flush=True)
         return trunk
 
     def _train_ova(self, data, T, split, backbone, inputs, use_features):
-        if self.cfg.ova_trunk == "shared" and backbone[1] != "frozen":
-            trunk = self._shared_trunk(data, T, split, backbone)
-            backbone, inputs, use_features = (trunk, "frozen"), Inputs(self.cfg, data.paths, trunk), True
-            split = Split(*(inputs.usable(getattr(split, p)) for p in ("train", "val", "test")))
-            self.inputs, self.split = inputs, split
         members, histories, fit_share, ratio = [], [], [], []
         for j, genre in enumerate(data.vocab.names):
             train_idx, y_train, val_idx, y_val, weights = member_sets(self.cfg, T, split.train, split.val, j)
@@ -245,11 +256,12 @@ class Trainer:
         cfg = self.cfg
         train_idx, y_train, val_idx, y_val, weights = sets
         keras.utils.set_random_seed(cfg.seed + j)
-        if not use_features and backbone[1] != "frozen":  # each member tunes its own backbone
+        if not use_features and backbone[1] in ("all", "partial"):  # each member tunes its own backbone
             backbone = new_backbone(cfg)
         own = (cfg.member_overrides or {}).get(genre, {})
+        text = self.text and partial(self.text, width=own.get("text_width"), dropout=own.get("text_dropout"))
         built = build_model(cfg, 1, "sigmoid", backbone=backbone, head=own.get("head"), dropout=own.get("dropout"),
-                            name=f"member_{j}")
+                            name=f"member_{j}", text=text)
         fitted = built.head if use_features else built.full
         compile_model(fitted, MEMBER, cfg, own.get("learning_rate"), steps_per_epoch=steps(len(train_idx), cfg.batch_size))
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True), inputs.dataset(val_idx, y_val[:, None], False),
@@ -266,13 +278,15 @@ def check_cache(cache: str | None) -> None:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, table: PosterTable | None = None,
-          callbacks=(), evaluate: bool = True, plots: bool = False) -> dict | None:
+          callbacks=(), evaluate: bool = True, plots: bool = False, trunk_from: Path | None = None) -> dict | None:
     """Train one run into the folder `out`, evaluate it on the test split and return its metrics.
 
     Re-running it on the same folder with the same config resumes an
     interrupted run; `callbacks` are extra Keras callbacks for every fit.
+    trunk_from: the shared trunk (checkpoints/trunk.keras) of an earlier run whose
+    trunk settings, data and seed are the same, to skip stage 1 (the quality benchmark's rows).
     """
-    folder = Trainer(cfg, out, overwrite, callbacks).run(table)
+    folder = Trainer(cfg, out, overwrite, callbacks, trunk_from).run(table)
     if not evaluate:
         return None
     from genrecls.report import evaluate_run

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -32,6 +33,7 @@ from genrecls.models import build_model, compile_model, new_backbone
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, prepare_data
 from genrecls.runs import RunFolder, member_slug
+from genrecls.text import TextEncoder
 from genrecls.training import balanced_rows, imbalance_weights, member_sets
 
 OBJECTIVES = {
@@ -50,7 +52,10 @@ DEFAULT_SPACE = {
     "dropout_rate": {"min": 0.1, "max": 0.5, "step": 0.1},
     "learning_rate": [1e-3, 3e-4, 1e-4],
     "fine_tune_last": [0],  # 0 keeps the backbone frozen, so trials train on cached features
+    "text_width": [32, 64, 128],  # with --text: the text branch (ignored without text)
+    "text_dropout": {"min": 0.2, "max": 0.6, "step": 0.1},
 }
+TEXT_KEYS = ("text_width", "text_dropout")
 
 
 def default_space(cfg: TrainConfig) -> dict:
@@ -115,6 +120,8 @@ VALUES = {
     "dropout_rate": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "learning_rate": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "fine_tune_last": (lambda v: _whole(v) and v >= -1, "a whole number >= -1 (-1: every layer)"),
+    "text_width": (lambda v: _whole(v) and 0 < v <= 4096, "a whole number in [1, 4096]"),
+    "text_dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
 
@@ -150,7 +157,7 @@ def check_space(space: dict, source: str = "the search space") -> None:
             _need(ok, what, spec["max"], f"{where}.max")
             if spec["min"] > spec["max"]:
                 raise GenreclsError(f"{where}.min ({spec['min']}) is above {name}.max ({spec['max']})")
-            whole = key in ("units", "fine_tune_last")
+            whole = key in ("units", "fine_tune_last", "text_width")
             if spec.get("step") is not None:
                 _need(lambda v: (_whole(v) if whole else _number(v)) and v > 0,
                       f"a positive {'whole ' if whole else ''}number", spec["step"], f"{where}.step")
@@ -174,8 +181,8 @@ def _hp(hp: kt.HyperParameters, name: str, spec):
     return hp.Fixed(name, spec)
 
 
-def head_settings(hp: kt.HyperParameters, space: dict) -> dict:
-    """Head widths, dropout rate, learning rate and trainable layers of one trial."""
+def head_settings(hp: kt.HyperParameters, space: dict, text: bool = False) -> dict:
+    """Head widths, dropout rate, learning rate and trainable layers of one trial (and its text branch)."""
     units = tuple(_hp(hp, f"units_{i}", spec) for i, spec in enumerate(space["units"]))
     dropout = 0.0
     if _hp(hp, "dropout", space["dropout"]):
@@ -185,6 +192,8 @@ def head_settings(hp: kt.HyperParameters, space: dict) -> dict:
         "head": list(units), "dropout": float(dropout),
         "learning_rate": float(_hp(hp, "learning_rate", space["learning_rate"])),
         "fine_tune_last": int(_hp(hp, "fine_tune_last", space["fine_tune_last"])),
+        **({"text_width": int(_hp(hp, "text_width", space["text_width"])),
+            "text_dropout": float(_hp(hp, "text_dropout", space["text_dropout"]))} if text else {}),
     }
 
 
@@ -192,18 +201,21 @@ class GenreHyperModel(kt.HyperModel):
     """Builds one trial's model: a head on cached features, or backbone + head."""
 
     def __init__(self, cfg: TrainConfig, space: dict, mode: Mode, outputs: int, feature_dim: int | None,
-                 pos_weight=None):
+                 pos_weight=None, text: TextEncoder | None = None):
         super().__init__()
         self.cfg, self.space, self.mode, self.outputs = cfg, space, mode, outputs
-        self.feature_dim, self.pos_weight = feature_dim, pos_weight
+        self.feature_dim, self.pos_weight, self.text = feature_dim, pos_weight, text
 
     def build(self, hp):
-        s = head_settings(hp, self.space)
+        s = head_settings(hp, self.space, self.text is not None)
+        branch = None if self.text is None else partial(self.text.branch, width=s["text_width"],
+                                                         dropout=s["text_dropout"])
         if self.feature_dim is not None:
-            model = build_head(self.feature_dim, self.outputs, self.mode.activation, s["head"], s["dropout"])
+            model = build_head(self.feature_dim, self.outputs, self.mode.activation, s["head"], s["dropout"],
+                               text_branch=branch)
         else:
             model = build_model(self.cfg, self.outputs, self.mode.activation, head=s["head"], dropout=s["dropout"],
-                                backbone=new_backbone(self.cfg, s["fine_tune_last"])).full
+                                backbone=new_backbone(self.cfg, s["fine_tune_last"]), text=branch).full
         compile_model(model, self.mode, self.cfg, s["learning_rate"], self.pos_weight)
         return model
 
@@ -317,9 +329,10 @@ def tune(
     backbone = None
     if use_features:
         backbone, _ = new_backbone(cfg, fine_tune_last=0)  # frozen
-    inputs = Inputs(cfg, data.paths, backbone)
+    inputs = Inputs(cfg, data.paths, backbone, data.texts)
     train_idx = inputs.usable(data.split.train)  # OvA members draw their own balanced sets from it
     val_idx = inputs.usable(data.split.val)
+    text = TextEncoder(data.texts[train_idx], cfg.text_width, cfg.text_dropout) if cfg.text else None
     feature_dim = inputs.features.shape[1] if use_features else None
     stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
     directory = folder / "tuner"
@@ -338,7 +351,7 @@ def tune(
     if not mode.members:
         train_idx = balanced_rows(cfg, data.strata, train_idx)
         pos_weight, weights = imbalance_weights(cfg, mode, T[train_idx], data.strata[train_idx])
-        model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight)
+        model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight, text)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                        cfg.epochs, directory, "search", overwrite, cfg.seed)
         tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
@@ -350,7 +363,7 @@ def tune(
             tr, y_tr, va, y_va, weights = member_sets(cfg, T, train_idx, val_idx, j)
             members.append((genre, inputs.dataset(tr, y_tr[:, None], True),
                             inputs.dataset(va, y_va[:, None], False), weights))
-        model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim)
+        model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim, text=text)
         if ova_scope == "shared":
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                            cfg.epochs, directory, "shared", overwrite, cfg.seed)
@@ -422,13 +435,13 @@ def best_config(cfg: TrainConfig, tuners: dict, space: dict) -> TrainConfig:
         best = tuner.oracle.get_best_trials(1)  # a failed trial when none completed
         if not best or best[0].status != "COMPLETED":
             raise GenreclsError("no trial completed; see the trial errors above")
-        return head_settings(best[0].hyperparameters, space)
+        return head_settings(best[0].hyperparameters, space, bool(cfg.text))
 
     fields = {}
     if set(tuners) == {"all"}:
         s = settings(tuners["all"])
         fields = {"head": s["head"], "dropout": s["dropout"], "learning_rate": s["learning_rate"],
-                  "fine_tune_last": s["fine_tune_last"]}
+                  "fine_tune_last": s["fine_tune_last"], **{k: s[k] for k in TEXT_KEYS if k in s}}
     else:
         chosen = {genre: settings(t) for genre, t in tuners.items()}
         fields["member_overrides"] = {

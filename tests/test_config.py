@@ -86,3 +86,21 @@ def test_cli_choices_and_defaults_come_from_config(capsys):
     assert "{multiclass,multilabel,ova}" in text and "{bce,focal,soft-f1}" in text
     assert f"Adam learning rate [{default('learning_rate')}]" in text
     assert f"[{default('patience')}]" in text
+
+
+def test_a_config_saved_with_the_old_ova_trunk_setting_still_loads(tmp_path):
+    old = TrainConfig.from_json({"data": str(tmp_path), "ova_trunk": "separate"})
+    assert old.trunk == "end-to-end"
+    assert TrainConfig.from_json({"data": str(tmp_path), "ova_trunk": "shared"}).trunk == "shared"
+    with pytest.raises(GenreclsError, match="trunk must be one of end-to-end, shared"):
+        TrainConfig.from_json({"data": str(tmp_path), "ova_trunk": "sideways"})
+
+
+def test_text_settings_are_checked_where_they_enter(tmp_path):
+    assert TrainConfig(data=str(tmp_path), text="title, plot").text == ["title", "plot"]
+    for bad in ({"text_width": 0}, {"text_dropout": 1.0}, {"text": ["title", "title"]}, {"text": 3},
+                {"backbone": "none"}):
+        with pytest.raises(GenreclsError):
+            TrainConfig(data=str(tmp_path), **bad)
+    text_only = TrainConfig(data=str(tmp_path), backbone="none", text=["title"], augment=True)
+    assert text_only.image_size is None and text_only.weights is None and not text_only.augment

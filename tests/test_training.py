@@ -226,12 +226,15 @@ def test_ova_probabilities_are_corrected_to_the_real_prevalence(demo_dir, tmp_pa
     assert (means["prior"] < means["none"]).all()  # the correction lowers every overstated genre
 
 
-def test_shared_trunk_ova_trains_its_trunk_once_and_members_on_its_features(demo_dir, tmp_path, capsys):
-    run = tmp_path / "ova"
-    report = train(_config(demo_dir, mode="ova", top_k=3, epochs=2, ova_trunk="shared"), run)
+@pytest.mark.parametrize("mode", ["ova", "multiclass"])
+def test_shared_trunk_trains_once_and_the_head_on_its_features(mode, demo_dir, tmp_path, capsys):
+    run = tmp_path / mode
+    report = train(_config(demo_dir, mode=mode, top_k=3, epochs=2, trunk="shared"), run)
     out = capsys.readouterr().out
-    assert out.count("training the shared trunk") == 1
-    assert (run / "ova" / "trunk.keras").exists()
+    assert out.count("training the shared trunk") == 1 and "stage 2: fitting the head" in out
+    assert (run / "checkpoints" / "trunk.keras").exists()
     model = load_run_model(run)
     assert model.output_shape == (None, 3) and model.layers[-1].name == "calibration"
+    history = pd.read_csv(run / "checkpoints" / "trunk.history.csv")
+    assert len(history) == 2  # stage 1 ran its epochs; the head's are in history.csv
     assert report["policy"]["reason"].startswith("maximised micro F1")
