@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from genrecls.config import NO_BACKBONE
 from genrecls.datasets import PosterTable
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import evaluate_predictions, metric_name
@@ -95,7 +96,9 @@ def evaluate_run(
         train_truth=prepared.Y[train_rows], true_class=prepared.strata[seen], k=k,
     )
     report = {
-        "mode": cfg.mode, "backbone": cfg.backbone, "data": cfg.data, "split": split, **report,
+        "mode": cfg.mode, "backbone": cfg.backbone, "data": cfg.data, "split": split,
+        "inputs": (["poster"] if cfg.backbone != NO_BACKBONE else []) + [f"text ({', '.join(cfg.text)})"] * bool(cfg.text),
+        "trunk": cfg.trunk, **report,
         "dropped": {**prepared.table.dropped.to_dict(), "no genre in vocabulary": prepared.unlabelled,
                     f"{split} posters no longer in the data": missing,
                     "failed to decode": int(len(rows) - len(seen))},
@@ -169,6 +172,7 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
         f"# genrecls report: {run.name}",
         "",
         f"- mode **{report['mode']}**, backbone **{report['backbone']}**, data `{report['data']}`",
+        f"- inputs: **{' + '.join(report.get('inputs', ['poster']))}**",
         f"- evaluated on the **{report['split']}** split: {o['posters']} posters",
         f"- decisions: **{report['policy']['name']}**: {report['policy']['reason']}",
     ]

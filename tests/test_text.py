@@ -121,7 +121,7 @@ def test_fused_model_trains_exports_and_predicts_with_text(mode, tmp_path):
     root = titled_set(tmp_path / "data", n_per=10)
     run = tmp_path / "run"
     train(tiny_config(root, mode=mode, text=["title"], epochs=1, text_width=8, image_size=24,
-                      top_k=2 if mode == "ova" else None), run)
+                      top_k=2 if mode == "ova" else None, augment=mode == "multiclass"), run)
     model = RunFolder.open(run).load_model()
     assert set(model.input) == {"image", "text"}
     posters = sorted((root / "posters").glob("*.jpg"))[:3]
@@ -143,7 +143,9 @@ def test_fused_model_trains_exports_and_predicts_with_text(mode, tmp_path):
 
         explained = explain_posters(run, [str(posters[0])], top_k=1, texts=["blood night"])
         assert explained[0]["error"] is None and len(explained[0]["genres"]) == 1
-        evaluate_run(run, plots=True, gradcam=2)
+        report = evaluate_run(run, plots=True, gradcam=2)
+        assert report["inputs"] == ["poster", "text (title)"]
+        assert "inputs: **poster + text (title)**" in (run / "report.md").read_text(encoding="utf-8")
         assert (run / "report.html").read_text(encoding="utf-8").count("data:image/png") > 2
 
 
