@@ -97,7 +97,8 @@ def evaluate_run(
     )
     report = {
         "mode": cfg.mode, "backbone": cfg.backbone, "data": cfg.data, "split": split,
-        "inputs": (["poster"] if cfg.backbone != NO_BACKBONE else []) + [f"text ({', '.join(cfg.text)})"] * bool(cfg.text),
+        "inputs": (["poster"] if cfg.backbone != NO_BACKBONE else [])
+                  + ([f"text ({', '.join(cfg.text)})"] if cfg.text else []),
         "trunk": cfg.trunk, **report,
         "dropped": {**prepared.table.dropped.to_dict(), "no genre in vocabulary": prepared.unlabelled,
                     f"{split} posters no longer in the data": missing,
