@@ -226,7 +226,7 @@ def test_ova_probabilities_are_corrected_to_the_real_prevalence(demo_dir, tmp_pa
     assert (means["prior"] < means["none"]).all()  # the correction lowers every overstated genre
 
 
-@pytest.mark.parametrize("mode", ["ova", "multiclass"])
+@pytest.mark.parametrize("mode", ["ova"])  # a single-model mode's shared trunk: tests/test_text.py (fused multiclass)
 def test_shared_trunk_trains_once_and_the_head_on_its_features(mode, demo_dir, tmp_path, capsys):
     run = tmp_path / mode
     report = train(_config(demo_dir, mode=mode, top_k=3, epochs=2, trunk="shared"), run)
