@@ -36,7 +36,7 @@ from PIL import Image
 from genrecls.components import Calibration
 from genrecls.datasets import image_problem
 from genrecls.errors import GenreclsError
-from genrecls.export import expand_inputs, is_export
+from genrecls.export import expand_inputs, is_export, texts_for
 from genrecls.heads import OUTPUT
 from genrecls.models import IMAGE_INPUT, input_names
 from genrecls.pipeline import decode_image
@@ -284,8 +284,7 @@ def explain_posters(run, posters: list, genres=None, top_k: int = 3, out=None, t
     names = folder.load_vocab().names
     chosen = genre_indices(genres, names)
     files = expand_inputs(posters)
-    if texts is not None and len(texts) not in (1, len(files)):
-        raise GenreclsError(f"{len(texts)} texts for {len(files)} posters; give one text for all or one per poster")
+    texts = None if texts is None else texts_for(files, texts)  # one per poster, cleaned as in training
     out = Path(out) if out else folder / EXPLAIN
     if out.exists() and not out.is_dir():
         raise GenreclsError(f"--out {out} is a file; name a folder for the heatmaps")
@@ -294,8 +293,6 @@ def explain_posters(run, posters: list, genres=None, top_k: int = 3, out=None, t
         raise GenreclsError(f"{run} is a text-only model (--backbone none): it has no poster to explain")
     if texts is not None and TEXT_INPUT not in input_names(model):
         raise GenreclsError(f"{run} reads posters only; it was not trained with --text")
-    if texts is not None and len(texts) == 1:
-        texts = texts * len(files)
     size, stems, results = image_size(model), _unique_stems(files), []
     out.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(files), BATCH):

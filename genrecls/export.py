@@ -241,7 +241,7 @@ def expand_inputs(paths: list) -> list[Path]:
     return files
 
 
-def _texts_for(files: list[Path], texts) -> list[str]:
+def texts_for(files: list[Path], texts) -> list[str]:
     """One text per poster file from --text: one string for all, one per file in order, or file name -> text."""
     if texts is None:
         return [""] * len(files)
@@ -282,7 +282,7 @@ def predict_files(source, paths: list, top_k: int = 3, batch_size: int = 32, tex
         files = expand_inputs(paths)
         if texts is not None and TEXT_INPUT not in predictor.inputs:
             raise GenreclsError(f"{source} reads posters only; it was not trained with --text")
-        words = _texts_for(files, texts)
+        words = texts_for(files, texts)
         results, items, readable = [], [], []
         for path, text in zip(files, words):
             problem = image_problem(path)
