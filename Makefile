@@ -47,7 +47,7 @@ help:
 	@echo "make quality [MODES=multilabel,ova] [INPUTS=poster,text,both]  - train the scratch recipe on "
 	@echo "               ../shared/datasets/ml1m per mode with the poster, the title and both; scores beside"
 	@echo "               their baselines in benchmarks/quality.md (about an hour on 2 cores)"
-	@echo "make test   - run the whole test suite (under 15 min on 2 cores)"
+	@echo "make test   - run the whole test suite in 2 pytest-xdist workers (about 10 min on 2 cores; TEST_JOBS=N)"
 	@echo "make test-fast - the quick loop: every test not marked slow"
 	@echo "make install - create .venv and install genrecls with its dev extra"
 	@echo "make clean  - remove .venv, caches, generated demo data and runs"
@@ -95,11 +95,13 @@ export: install
 predict: install
 	$(BIN)/genrecls predict $(RUN) $(IMAGES)
 
+# Tests run in TEST_JOBS pytest-xdist workers (2 fits the 2-core CI machine; TEST_JOBS=0 runs them in one process).
+TEST_JOBS  ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info $(DEMO_DATA) models/demo-ova
