@@ -99,7 +99,7 @@ def train_config(args):
     base = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.config:
         base.update(TrainConfig.load(args.config).to_json())
-    given = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in (*TRAIN_FIELDS, "shard") if getattr(args, k, None) is not None}
     if "backbone" in given and given["backbone"] != base.get("backbone"):
         # the saved size and weights were resolved for the old backbone: resolve them anew
         base.pop("image_size", None)
@@ -124,6 +124,15 @@ def cmd_train(args) -> None:
     report = train(cfg, out, overwrite=args.overwrite, evaluate=args.report, plots=True)
     if report:
         _print_evaluation(out, report)
+
+
+def cmd_combine(args) -> None:
+    from genrecls.training import combine_shards
+
+    report = combine_shards(args.out, args.shards, overwrite=args.overwrite, data=args.data, evaluate=args.report,
+                            plots=True)
+    if report:
+        _print_evaluation(args.out, report)
 
 
 def _print_evaluation(run, report: dict) -> None:
@@ -401,7 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the evaluation (thresholds, report.md, plots) after training")
+    p.add_argument("--shard", metavar="I/N", help="OvA on several machines: train only the members j with "
+                   "j %% N == I into --out (a shard run, not evaluated); join the N shards with 'genrecls combine'")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "combine", help="join the shard runs of an OvA run (train --shard I/N) into one run folder",
+        description="Check that the shard runs were trained with one command line (but --shard), on the same "
+        "genres and split, and together hold every member once; then assemble them into OUT and finish it as "
+        "train would (combined model, calibration, decision policy, report).",
+    )
+    p.add_argument("out", help="the run folder to write (new, or an unfinished combine of the same settings)")
+    p.add_argument("shards", nargs="+", metavar="SHARD_RUN", help="the shard runs' folders")
+    p.add_argument("--data", help="the dataset folder, if it lies elsewhere here than where the first shard was trained")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing genrecls run folder (never a folder genrecls did not create)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the evaluation (thresholds, report.md, plots)")
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser(
         "tune", help="Keras Tuner search over head widths, dropout, learning rate, trainable layers",

@@ -6,7 +6,14 @@ lives here, so loading a run imports exactly this module.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -103,3 +110,136 @@ class SoftF1(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "bce": self.bce}
+
+
+# ------------------------------------------------- OvA members fitted as heads of one model
+#
+# With cached features every OvA member is a small head, so all of them train in one Keras fit: a model
+# whose K heads' outputs are concatenated to (N, K), fed the union of the members' balanced sets. Row i
+# weighs on member j only as often as it is in j's set (sample weight (N, K), 0 elsewhere), so each member
+# still learns from exactly its own set; the heads share no weights, so each gets the gradients it would
+# get alone. The pieces below are used while fitting only and never saved (a member is saved as its head).
+
+
+class MaskedMemberLoss(keras.losses.Loss):
+    """Per-member binary loss of a one-fit OvA model, masked by an (N, K) sample weight.
+
+    `base` is a member's elementwise loss (Keras BinaryCrossentropy or BinaryFocalCrossentropy);
+    each element's loss is divided by the batch size and the weighted values are summed, so each
+    member's term is its weighted mean over the batch, whatever the other members do.
+    """
+
+    def __init__(self, base, name="masked_member_loss", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.base = base
+
+    def elementwise(self, y_true, y_pred):
+        """(N, K) labels and probabilities -> (N, K) losses (the base loss of each element alone)."""
+        return self.base.call(ops.cast(y_true, y_pred.dtype)[..., None], y_pred[..., None])
+
+    def call(self, y_true, y_pred):
+        return self.elementwise(y_true, y_pred) / ops.cast(ops.shape(y_pred)[0], y_pred.dtype)
+
+
+class MemberLoss(keras.metrics.Metric):
+    """One member's mean loss over its own rows (weighted by the sample weight of its column).
+
+    As a validation metric it is exactly the loss that member's own fit would report, which is
+    what its early stopping watches.
+    """
+
+    def __init__(self, loss: MaskedMemberLoss, column: int, name: str, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.masked, self.column = loss, column
+        self.total = self.add_variable((), initializer="zeros", name="total")
+        self.weight = self.add_variable((), initializer="zeros", name="weight")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        j = self.column
+        values = self.masked.elementwise(y_true[:, j:j + 1], y_pred[:, j:j + 1])[:, 0]
+        w = ops.ones_like(values) if sample_weight is None else ops.cast(sample_weight[:, j], values.dtype)
+        self.total.assign_add(ops.sum(w * values))
+        self.weight.assign_add(ops.sum(w))
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.weight)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.weight.assign(0.0)
+
+
+class MemberAdam(keras.optimizers.Adam):
+    """Adam whose learning rate is scaled per group of variables (an OvA member's own rate in one fit).
+
+    rate_factors: [(variables, factor)]; other variables keep factor 1. A factor scales the learning
+    rate (and a schedule's every value) of exactly those variables, as a fit of that member alone would.
+    """
+
+    def __init__(self, rate_factors=(), **kwargs):
+        super().__init__(**kwargs)
+        self._factor_of = {id(v): float(f) for variables, f in rate_factors for v in variables}
+        self._rate_factors = ()
+
+    def build(self, variables):
+        if not self.built:
+            self._rate_factors = tuple(self._factor_of.get(id(v), 1.0) for v in variables)
+        super().build(variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._rate_factors[self._get_variable_index(variable)]
+        return super().update_step(gradient, variable, learning_rate if factor == 1.0 else learning_rate * factor)
+
+
+class MemberEarlyStopping(keras.callbacks.Callback):
+    """Early stopping per member of a one-fit OvA model, each member's best epoch restored.
+
+    heads: {the name of a member's loss metric: its head}. Like Keras EarlyStopping on each member's
+    own validation loss (`val_<name>`): a member that has waited `patience` epochs without improving
+    stops counting (its best epoch is final, however long the others train); the fit stops when every
+    member has; at the end each head gets back the weights of its own best epoch. The state and the
+    best weights are written to `state_dir` every epoch, so a fit resumed by BackupAndRestore carries
+    on; the folder is removed when the fit ends. `state[name]["stopped"]` is the last epoch a member
+    counted (None: it never ran out of patience).
+    """
+
+    def __init__(self, heads: dict, patience: int, state_dir):
+        super().__init__()
+        self.heads, self.patience, self.state_dir = heads, patience, Path(state_dir)
+
+    def on_train_begin(self, logs=None):
+        saved = self.state_dir / "state.json"
+        self.state = json.loads(saved.read_text()) if saved.exists() else {
+            name: {"best": math.inf, "best_epoch": None, "wait": 0, "stopped": None} for name in self.heads}
+        self.best = {name: self._load(name) for name in self.heads if self.state[name]["best_epoch"] is not None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for name, head in self.heads.items():
+            s = self.state[name]
+            if s["stopped"] is not None:
+                continue
+            current = logs.get(f"val_{name}", math.nan)
+            s["wait"] += 1
+            if current < s["best"] or s["best_epoch"] is None:
+                s.update(best=float(current), best_epoch=epoch, wait=0)
+                self.best[name] = head.get_weights()
+                np.savez(self.state_dir / f"{name}.npz", *self.best[name])
+            elif s["wait"] >= self.patience and epoch > 0:
+                s["stopped"] = epoch
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.state_dir / "state.json")
+        if all(s["stopped"] is not None for s in self.state.values()):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        for name, weights in self.best.items():
+            self.heads[name].set_weights(weights)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _load(self, name: str) -> list:
+        with np.load(self.state_dir / f"{name}.npz") as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]

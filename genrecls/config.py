@@ -150,6 +150,24 @@ def _member_overrides(name, value):
     return checked
 
 
+def parse_shard(shard: str) -> tuple[int, int]:
+    """'1/3' -> (1, 3): shard I of N trains the OvA members j with j % N == I."""
+    i, n = (int(part) for part in shard.split("/"))
+    return i, n
+
+
+def _shard(name, value):
+    if value is None:
+        return None
+    try:
+        i, n = parse_shard(value) if isinstance(value, str) else (None, None)
+    except ValueError:
+        i = n = None
+    if i is None or not 0 <= i < n:
+        _fail(name, value, "I/N with integers 0 <= I < N (e.g. 0/2 and 1/2 for two machines)")
+    return f"{i}/{n}"
+
+
 def _text_columns(name, value):
     from genrecls.datasets import text_columns  # no TensorFlow at import either
 
@@ -191,6 +209,7 @@ RULES = {
     "head": _head,
     "dropout": _float(0, 1, hi_open=True),
     "member_overrides": _member_overrides,
+    "shard": _shard,
     "loss": _choice(LOSSES),
     "label_smoothing": _float(0, 0.5, hi_open=True),
     "calibration": _choice(CALIBRATIONS),
@@ -245,6 +264,8 @@ class TrainConfig:
     dropout: float = 0.0
     # per-genre OvA settings chosen by `genrecls tune`: genre -> {head, dropout, learning_rate}
     member_overrides: dict | None = None
+    # OvA on several machines: "I/N" trains only the members j with j % N == I (`genrecls combine` joins them)
+    shard: str | None = None
     # loss, probabilities and decisions
     loss: str = "bce"
     label_smoothing: float = 0.0
@@ -281,6 +302,10 @@ class TrainConfig:
                 self.image_size = spec.default_size
         if self.fine_tune_last is not None and self.freeze_until is not None:
             raise GenreclsError("give either --fine-tune-last or --freeze-until, not both")
+        if self.shard and not MODES[self.mode].members:
+            members = ", ".join(name for name, mode in MODES.items() if mode.members)
+            raise GenreclsError(f"--shard splits the one-vs-all members over machines; it needs --mode {members}, "
+                                f"not {self.mode}")
         if self.class_weight and self.loss != "bce":
             raise GenreclsError(f"--class-weight weights the binary cross-entropy; it does not apply to "
                                 f"--loss {self.loss} (drop one of them)")

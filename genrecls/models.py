@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from genrecls.backbones import build_backbone, set_trainable
-from genrecls.components import Calibration
+from genrecls.components import Calibration, MemberAdam
 from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.heads import build_head
 from genrecls.modes import Mode
@@ -94,11 +94,15 @@ def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple
     return Built(backbone, head, attach(backbone, head, trainable, name=name), trainable)
 
 
-def optimizer(cfg: TrainConfig, learning_rate: float | None = None, steps_per_epoch: int | None = None):
+def optimizer(cfg: TrainConfig, learning_rate: float | None = None, steps_per_epoch: int | None = None,
+              rate_factors=None):
+    """Adam at the config's rate (or `learning_rate`), on its schedule.
+
+    rate_factors: [(variables, factor)] to scale the rate of some variables (OvA members in one fit)."""
     rate = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.lr_schedule == "cosine" and steps_per_epoch:
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps_per_epoch * cfg.epochs, alpha=0.05)
-    return keras.optimizers.Adam(rate)
+    return MemberAdam(rate_factors, learning_rate=rate) if rate_factors else keras.optimizers.Adam(rate)
 
 
 def compile_model(model: keras.Model, mode: Mode, cfg: TrainConfig, learning_rate: float | None = None,

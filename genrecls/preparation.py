@@ -120,14 +120,22 @@ class Inputs:
     def usable(self, idx: np.ndarray) -> np.ndarray:
         return idx[self.decoded[idx]]
 
-    def dataset(self, idx: np.ndarray, targets: np.ndarray, training: bool) -> tf.data.Dataset:
+    @property
+    def in_memory(self) -> bool:
+        """Batches come from arrays (cached features and / or texts), not from decoding posters."""
+        return self.features is not None or not self.posters
+
+    def dataset(self, idx: np.ndarray, targets: np.ndarray, training: bool,
+                weights: np.ndarray | None = None) -> tf.data.Dataset:
+        """Batches of (inputs, targets), or (inputs, targets, sample weights) from in-memory inputs."""
         cfg = self.cfg
         texts = None if self.texts is None else [str(t) for t in self.texts[idx]]
-        if self.features is not None or not self.posters:
+        if self.in_memory:
             x = {} if texts is None else {TEXT_INPUT: tf.constant(texts, tf.string)}
             if self.features is not None:
                 x["features"] = self.features[idx]
-            ds = tf.data.Dataset.from_tensor_slices((x if texts is not None else x["features"], targets))
+            x = x if texts is not None else x["features"]
+            ds = tf.data.Dataset.from_tensor_slices((x, targets) if weights is None else (x, targets, weights))
             if training:
                 ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
             return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,7 +1,7 @@
 """The run folder: the one place that knows its layout.
 
     models/<run>/
-      run.json           genrecls's claim on the folder: kind (run | search), created, finished
+      run.json           genrecls's claim on the folder: kind (run | search | shard), created, finished
       config.json        every setting plus library versions (`train --config` repeats the run)
       genres.json        the ordered genre vocabulary
       split.json         movie ids of the train / val / test splits
@@ -14,6 +14,9 @@
       report.html        the same report in one self-contained page, with a poster gallery and Grad-CAM
       explain/           Grad-CAM overlays written by `genrecls explain` (unless --out names another folder)
       checkpoints/       per-fit history and a backup for resuming
+
+A shard (`train --shard I/N`) is a run folder holding some OvA members (ova/, checkpoints/, no
+combined model, never evaluated) until `genrecls combine` joins the shards into a run.
 
 A folder is claimed fresh, resumed (same settings, not finished) or refused.
 genrecls only ever deletes a folder that carries its own run.json, so
@@ -51,7 +54,8 @@ EXPLAIN = "explain"
 CHECKPOINTS = "checkpoints"
 SEARCH = "search.json"
 SPLITS = ("train", "val", "test")
-SETTINGS = {"run": CONFIG, "search": SEARCH}  # where a claim records the settings it must resume with
+# where a claim records the settings it must resume with; a shard holds some OvA members of a run (train --shard)
+SETTINGS = {"run": CONFIG, "search": SEARCH, "shard": CONFIG}
 
 
 def _now() -> str:
@@ -239,18 +243,21 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, path, finished: bool = True) -> "RunFolder":
-        """An existing run folder, checked to be one (and finished, unless told otherwise)."""
+    def open(cls, path, finished: bool = True, kind: str = "run") -> "RunFolder":
+        """An existing run (or shard) folder, checked to be one (and finished, unless told otherwise)."""
         run = cls(path)
         if not run.path.is_dir():
             raise GenreclsError(f"run folder {run.path} does not exist")
         if not run.is_run and not (run.path / MARKER).exists():
             raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
         marker = run.marker()
-        if marker.get("kind") != "run":
-            raise GenreclsError(f"{run.path} is a genrecls {marker.get('kind')}, not a trained run")
+        if marker.get("kind") != kind:
+            hint = "; join the shards into a run with 'genrecls combine OUT SHARD_RUN...'" \
+                if marker.get("kind") == "shard" else ""
+            raise GenreclsError(f"{run.path} is a genrecls {marker.get('kind')}, not a "
+                                f"{'trained run' if kind == 'run' else kind}{hint}")
         if finished and not marker.get("finished"):
-            raise GenreclsError(f"{run.path} holds an unfinished run; re-run its train command to finish it")
+            raise GenreclsError(f"{run.path} holds an unfinished {kind}; re-run its train command to finish it")
         return run
 
     def mark_finished(self, seconds: float | None = None) -> None:

@@ -21,17 +21,21 @@ import pandas as pd
 import tensorflow as tf
 
 from genrecls import __version__, calibration
-from genrecls.config import TrainConfig
+from genrecls.components import MaskedMemberLoss, MemberEarlyStopping, MemberLoss
+from genrecls.config import TrainConfig, parse_shard
 from genrecls.errors import GenreclsError
 from genrecls.datasets import PosterTable
 from genrecls.labels import Split, class_weights, oversample, ova_subset, positive_weights, undersample
-from genrecls.models import build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone, steps
+from genrecls.models import (build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone,
+                             optimizer, steps)
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
-from genrecls.runs import RunFolder, load_keras, member_slug, save_keras
+from genrecls.runs import RunFolder, damaged, load_keras, member_slug, save_keras
 from genrecls.text import TextEncoder
 
 BALANCING = {"undersample": undersample, "oversample": oversample}
+# OvA member losses one fit can mask per member (elementwise); soft F1 is a whole batch's, so it keeps one fit each
+ELEMENTWISE_LOSSES = ("bce", "focal")
 
 
 def versions() -> dict:
@@ -44,24 +48,26 @@ def versions() -> dict:
 
 
 def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_weight=None,
-        extra_callbacks=()) -> pd.DataFrame:
+        extra_callbacks=(), stopping=None) -> pd.DataFrame:
     """model.fit with the house callbacks; returns the epoch history.
 
-    EarlyStopping (val_loss, patience, best weights restored), BackupAndRestore
-    so a killed run resumes at its last finished epoch, TerminateOnNaN, a CSV
-    log, TensorBoard.
+    EarlyStopping (val_loss, patience, best weights restored; or `stopping`,
+    e.g. per OvA member), BackupAndRestore so a killed run resumes at its last
+    finished epoch, TerminateOnNaN, a CSV log, TensorBoard.
     """
     work.mkdir(parents=True, exist_ok=True)
     history = work / f"{name}.history.csv"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / "backup" / name)),
-        keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
+        stopping or keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history), append=True),
     ]
     callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))
+    if not model.optimizer.built:  # its variables made before fit: Keras then traces the train step once, not twice
+        model.optimizer.build(model.trainable_variables)
     # The datasets know their length (pipeline keep_length), so every epoch's bar has its total.
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
               class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
@@ -92,6 +98,29 @@ def member_sets(cfg: TrainConfig, T: np.ndarray, train: np.ndarray, val: np.ndar
     return train[tr], y_train, val[va], y_val, weights
 
 
+def member_weights(parts: list, columns: list) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, weights): the union of every member's rows, and each row's weight for the members `columns`.
+
+    parts: per member, (its rows, the weight of each). A row weighs on a member as often as it is in
+    that member's set, and not at all outside it, so a member fitted as one head of many learns from
+    exactly its own set. The rows are every member's, whichever members are fitted, so the batches
+    (and each member's fit) do not depend on which members train together (a shard's).
+    """
+    rows = np.unique(np.concatenate([r for r, _ in parts]))
+    weights = np.zeros((len(rows), len(columns)), "float32")
+    for c, j in enumerate(columns):
+        np.add.at(weights, (np.searchsorted(rows, parts[j][0]), c), parts[j][1])
+    return rows, weights
+
+
+def shard_members(cfg: TrainConfig, k: int) -> list[int]:
+    """The members a run trains: all k, or with --shard I/N those j with j % N == I."""
+    if not cfg.shard:
+        return list(range(k))
+    i, n = parse_shard(cfg.shard)
+    return [j for j in range(k) if j % n == i]
+
+
 def balanced_rows(cfg: TrainConfig, strata: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The training rows after --balance (undersample / oversample on the collapsed label)."""
     return rows[BALANCING[cfg.balance](strata[rows], seed=cfg.seed)] if cfg.balance else rows
@@ -101,8 +130,9 @@ class Trainer:
     """Trains one run into its folder. `train()` is the function most callers want."""
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, callbacks=(),
-                 trunk_from: Path | None = None):
+                 trunk_from: Path | None = None, ova_one_fit: bool = True):
         self.cfg = cfg
+        self.ova_one_fit = ova_one_fit  # False: OvA members one fit each even on cached features (the benchmark)
         self.trunk_from = trunk_from  # a shared trunk trained by an earlier run with the same trunk settings
         self.mode = get_mode(cfg.mode)
         self.callbacks = list(callbacks)  # extra Keras callbacks for every fit
@@ -116,7 +146,8 @@ class Trainer:
         data = prepare_data(cfg, table)
         check_cache(cfg.cache)
         backbone, trainable = new_backbone(cfg)
-        self.folder = folder = RunFolder.claim(self.out, cfg, self.overwrite, versions=versions())
+        self.folder = folder = RunFolder.claim(self.out, cfg, self.overwrite, kind="shard" if cfg.shard else "run",
+                                               versions=versions())
         try:
             return self._run(folder, data, backbone, trainable, started)
         except GenreclsError:
@@ -141,6 +172,12 @@ class Trainer:
         self.inputs, self.split = inputs, split
         train_loop = self._train_ova if self.mode.members else self._train_single
         model, on_features, bias = train_loop(data, T, split, (backbone, trainable), inputs, use_features)
+        if model is None:  # a shard: its members wait for `genrecls combine`
+            folder.clean_backups()
+            folder.mark_finished(time.time() - started)
+            print(f"\nshard {cfg.shard} written to {folder}; once every shard is trained, join them with "
+                  "'genrecls combine OUT SHARD_RUN...'", flush=True)
+            return folder
         scale, bias = self._calibration(on_features or model, self.inputs, data, self.split, bias)
         final = calibrated(model, scale, bias, self.mode.activation)
         folder.save_model(final, members=self.mode.members)
@@ -227,47 +264,102 @@ class Trainer:
         return trunk
 
     def _train_ova(self, data, T, split, backbone, inputs, use_features):
-        members, histories, fit_share, ratio = [], [], [], []
-        for j, genre in enumerate(data.vocab.names):
-            train_idx, y_train, val_idx, y_val, weights = member_sets(self.cfg, T, split.train, split.val, j)
-            fit_share.append(y_train.mean())
-            ratio.append(weights[1] / weights[0] if weights else 1.0)
-            path = self.folder.member_path(j, genre)
-            if path.exists():  # finished before an interruption
-                print(f"[{j + 1}/{T.shape[1]}] {genre}: already trained, loading {path.name}", flush=True)
-                members.append(load_keras(path))
-            else:
-                print(f"[{j + 1}/{T.shape[1]}] training the {genre} member", flush=True)
-                member = self._train_member(j, genre, backbone, inputs, use_features,
-                                            (train_idx, y_train, val_idx, y_val, weights))
-                save_keras(member, path)
-                members.append(member)
-            hist_file = self.folder.checkpoints / f"{member_slug(j, genre)}.history.csv"
-            if hist_file.exists():
-                histories.append(pd.read_csv(hist_file).assign(genre=genre))
+        """The OvA members (those of this shard), each on its own balanced set; then combined.
+
+        On in-memory inputs (cached features, texts) the members are heads of one model fitted
+        at once (`_fit_members`), else one fit each. Saved members are loaded, not trained again.
+        """
+        cfg, genres, folder = self.cfg, data.vocab.names, self.folder
+        sets = [member_sets(cfg, T, split.train, split.val, j) for j in range(len(genres))]
+        mine = shard_members(cfg, len(genres))
+        todo = [j for j in mine if not folder.member_path(j, genres[j]).exists()]
+        for j in sorted(set(mine) - set(todo)):  # finished before an interruption
+            print(f"[{j + 1}/{len(genres)}] {genres[j]}: already trained, loading it", flush=True)
+        trained = self._fit_members(todo, genres, T, sets, backbone, inputs) if todo and self._one_fit(inputs) else {}
+        for j in [j for j in todo if j not in trained]:
+            print(f"[{j + 1}/{len(genres)}] training the {genres[j]} member", flush=True)
+            trained[j] = self._train_member(j, genres[j], backbone, inputs, use_features, sets[j])
+            save_keras(trained[j], folder.member_path(j, genres[j]))
+        histories = [pd.read_csv(path).assign(genre=genre) for genre, path in
+                     ((g, folder.checkpoints / f"{member_slug(j, g)}.history.csv") for j, g in enumerate(genres))
+                     if path.exists()]
         if histories:
-            pd.concat(histories).to_csv(self.folder.history_path, index=False)
+            pd.concat(histories).to_csv(folder.history_path, index=False)
+        if cfg.shard:
+            return None, None, None
+        members = [trained[j] if j in trained else load_keras(folder.member_path(j, g)) for j, g in enumerate(genres)]
         shared = backbone[0] if backbone[1] == "frozen" else None  # members are heads on one frozen backbone
-        real = T[split.train].mean(axis=0)
-        bias = calibration.prior_shift_bias(real, fit_share, ratio)
+        fit_share = [y_train.mean() for _, y_train, _, _, _ in sets]
+        ratio = [weights[1] / weights[0] if weights else 1.0 for *_, weights in sets]
+        bias = calibration.prior_shift_bias(T[split.train].mean(axis=0), fit_share, ratio)
         return combine_members(members, shared), (combine_heads(members) if use_features else None), bias
+
+    def _one_fit(self, inputs: Inputs) -> bool:
+        """All members in one fit: on in-memory inputs, with a loss that can be masked per member."""
+        return self.ova_one_fit and inputs.in_memory and self.cfg.loss in ELEMENTWISE_LOSSES
+
+    def _member_model(self, j, genre, backbone, own_backbone: bool = False):
+        """Member j's model (Built), seeded by its index, with its own overrides (and backbone, if asked)."""
+        cfg = self.cfg
+        keras.utils.set_random_seed(cfg.seed + j)
+        if own_backbone:
+            backbone = new_backbone(cfg)
+        own = (cfg.member_overrides or {}).get(genre, {})
+        text = self.text and partial(self.text, width=own.get("text_width"), dropout=own.get("text_dropout"))
+        return build_model(cfg, 1, "sigmoid", backbone=backbone, head=own.get("head"), dropout=own.get("dropout"),
+                           name=f"member_{j}", text=text)
 
     def _train_member(self, j, genre, backbone, inputs, use_features, sets):
         cfg = self.cfg
         train_idx, y_train, val_idx, y_val, weights = sets
-        keras.utils.set_random_seed(cfg.seed + j)
-        if not use_features and backbone[1] in ("all", "partial"):  # each member tunes its own backbone
-            backbone = new_backbone(cfg)
-        own = (cfg.member_overrides or {}).get(genre, {})
-        text = self.text and partial(self.text, width=own.get("text_width"), dropout=own.get("text_dropout"))
-        built = build_model(cfg, 1, "sigmoid", backbone=backbone, head=own.get("head"), dropout=own.get("dropout"),
-                            name=f"member_{j}", text=text)
+        # through a trainable backbone each member tunes its own (report 002)
+        built = self._member_model(j, genre, backbone, not use_features and backbone[1] in ("all", "partial"))
         fitted = built.head if use_features else built.full
+        own = (cfg.member_overrides or {}).get(genre, {})
         compile_model(fitted, MEMBER, cfg, own.get("learning_rate"), steps_per_epoch=steps(len(train_idx), cfg.batch_size))
         fit(fitted, inputs.dataset(train_idx, y_train[:, None], True), inputs.dataset(val_idx, y_val[:, None], False),
             cfg, self.folder.checkpoints, member_slug(j, genre), weights, self.callbacks)
         # on a shared frozen backbone a member is its head (the combined model runs the backbone once)
         return built.head if backbone[1] == "frozen" else built.full
+
+    def _fit_members(self, todo, genres, T, sets, backbone, inputs) -> dict:
+        """The members `todo` as K heads of one model, fitted at once; saved, and returned by index.
+
+        Each head is the one its own fit would build (same seed and overrides); the loss is masked
+        per member (components.MaskedMemberLoss, weights from `member_weights`: class_weight folded
+        in), each head has its own learning rate (MemberAdam), early stopping and best epoch
+        (MemberEarlyStopping), so each member is the model its own fit would give, up to batch
+        composition: its batch-norm statistics are those of every member's rows.
+        """
+        cfg, folder = self.cfg, self.folder
+        print(f"training the {', '.join(genres[j] for j in todo)} member{'s' * (len(todo) > 1)} in one fit", flush=True)
+        heads = {j: self._member_model(j, genres[j], backbone).head for j in todo}
+        keras.utils.set_random_seed(cfg.seed)  # the batches' order does not depend on the members fitted
+        row_weights = [np.array([w[int(v)] for v in y]) if w else np.ones(len(y)) for _, y, _, _, w in sets]
+        train_rows, w_train = member_weights([(s[0], w) for s, w in zip(sets, row_weights)], todo)
+        val_rows, w_val = member_weights([(s[2], np.ones(len(s[2]))) for s in sets], todo)
+        model = combine_heads([heads[j] for j in todo])
+        names = {j: f"loss_{j:02d}" for j in todo}
+        masked = MaskedMemberLoss(MEMBER.loss(cfg.loss, None, cfg.label_smoothing))
+        own = {j: (cfg.member_overrides or {}).get(genres[j], {}) for j in todo}
+        rates = [(heads[j].trainable_variables, own[j]["learning_rate"] / cfg.learning_rate)
+                 for j in todo if "learning_rate" in own[j]]
+        model.compile(optimizer=optimizer(cfg, steps_per_epoch=steps(len(train_rows), cfg.batch_size), rate_factors=rates),
+                      loss=masked, metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(todo)])
+        stopping = MemberEarlyStopping({names[j]: heads[j] for j in todo}, cfg.patience,
+                                       folder.checkpoints / "backup" / "ova.members")
+        history = fit(model, inputs.dataset(train_rows, T[train_rows][:, todo], True, w_train),
+                      inputs.dataset(val_rows, T[val_rows][:, todo], False, w_val),
+                      cfg, folder.checkpoints, "ova", None, self.callbacks, stopping)
+        history = history.drop_duplicates("epoch", keep="last")  # an epoch repeated after a resume
+        for j in todo:  # each member's own history: the epochs it counted, as its own fit would have run
+            stopped = stopping.state[names[j]]["stopped"]
+            rows = history if stopped is None else history[history["epoch"] <= stopped]
+            pd.DataFrame({"epoch": rows["epoch"], "loss": rows[names[j]], "val_loss": rows[f"val_{names[j]}"]}).to_csv(
+                folder.checkpoints / f"{member_slug(j, genres[j])}.history.csv", index=False)
+            save_keras(heads[j], folder.member_path(j, genres[j]))
+        (folder.checkpoints / "ova.history.csv").unlink(missing_ok=True)
+        return heads
 
 
 def check_cache(cache: str | None) -> None:
@@ -287,8 +379,81 @@ def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, tab
     trunk settings, data and seed are the same, to skip stage 1 (the quality benchmark's rows).
     """
     folder = Trainer(cfg, out, overwrite, callbacks, trunk_from).run(table)
-    if not evaluate:
+    if not evaluate or cfg.shard:  # a shard is evaluated once combined
         return None
     from genrecls.report import evaluate_run
 
     return evaluate_run(folder.path, table=table, plots=plots)
+
+
+def combine_shards(out: str | os.PathLike, shard_runs: list, overwrite: bool = False, data: str | None = None,
+                   evaluate: bool = True, plots: bool = False) -> dict | None:
+    """Join the shard runs of one OvA run (`train --shard I/N` on several machines) into the run folder `out`.
+
+    The shards must be finished genrecls shards of the same settings (the shard and the dataset's
+    path aside), genres and split that together hold every member exactly once. Their members (with
+    their histories, and the shared trunk) are copied into `out`, claimed like any run, which is then
+    finished as a resumed `train` of the whole run: the combined model, calibration, thresholds and
+    report are those of a run trained on one machine. data: the dataset folder, if not the first shard's.
+    """
+    if not shard_runs:
+        raise GenreclsError("name the shard runs to combine")
+    shards = [RunFolder.open(path, kind="shard") for path in shard_runs]
+    configs = [shard.load_config() for shard in shards]
+    first, base = shards[0], configs[0].to_json()
+    genres, split = first.load_vocab().names, first.load_split()
+    for shard, cfg in zip(shards[1:], configs[1:]):
+        changed = [k for k in cfg.changed_from(base) if k not in ("shard", "data")]
+        if changed:
+            raise GenreclsError(f"{shard} and {first} are shards of different runs ({', '.join(changed)} differ); "
+                                "combine the shards of one command line")
+        if shard.load_vocab().names != genres or shard.load_split() != split:
+            raise GenreclsError(f"{shard} and {first} were trained on other genres or another split; "
+                                "combine the shards of one command line on one dataset")
+    owners = {j: [s for s, cfg in zip(shards, configs) if j in shard_members(cfg, len(genres))]
+              for j in range(len(genres))}
+    missing = [genres[j] for j, held in owners.items() if not held]
+    if missing:
+        raise GenreclsError(f"no shard run holds the {', '.join(missing)} member{'s' * (len(missing) > 1)}; "
+                            "train the missing shard and combine all of them")
+    twice = [f"{genres[j]} ({', '.join(str(s) for s in held)})" for j, held in owners.items() if len(held) > 1]
+    if twice:
+        raise GenreclsError(f"members held by more than one shard run: {'; '.join(twice)}; name each shard once")
+    for j, genre in enumerate(genres):
+        if not owners[j][0].member_path(j, genre).is_file():
+            raise damaged(owners[j][0].member_path(j, genre), f"the {genre} member", "missing")
+    trunks = [shard.trunk_path for shard in shards if shard.trunk_path.exists()]
+    if trunks and (len(trunks) < len(shards) or not _same_weights(trunks)):
+        raise GenreclsError(f"the shard runs hold different shared trunks ({', '.join(map(str, trunks))}): members "
+                            "of different trunks cannot be combined; train the shards where stage 1 gives the same "
+                            "trunk (same seed, machine type and library versions) or the whole run on one machine")
+
+    cfg = TrainConfig.from_json({**base, "shard": None, **({"data": data} if data else {})})
+    prepared = prepare_data(cfg)
+    if prepared.vocab.names != genres or prepared.split_ids() != split:
+        raise GenreclsError(f"{cfg.data} gives other genres or another split than the shards were trained on; "
+                            "pass their dataset with --data")
+    folder = RunFolder.claim(out, cfg, overwrite, versions=versions())
+    print(f"combining {len(shards)} shard runs into {folder}", flush=True)
+    folder.checkpoints.mkdir(exist_ok=True)
+    for j, genre in enumerate(genres):
+        _copy(owners[j][0].member_path(j, genre), folder.member_path(j, genre))
+        history = f"{member_slug(j, genre)}.history.csv"
+        if (owners[j][0].checkpoints / history).is_file():
+            _copy(owners[j][0].checkpoints / history, folder.checkpoints / history)
+    if trunks:
+        _copy(trunks[0], folder.trunk_path)
+    return train(cfg, out, table=prepared.table, evaluate=evaluate, plots=plots)
+
+
+def _same_weights(paths: list) -> bool:
+    weights = [load_keras(path).get_weights() for path in paths]
+    return all(len(w) == len(weights[0]) and all(np.array_equal(a, b) for a, b in zip(w, weights[0]))
+               for w in weights[1:])
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy through a temporary name, so a kill never leaves half a file."""
+    partial_file = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial_file)
+    os.replace(partial_file, target)

@@ -297,6 +297,8 @@ def tune(
     Re-running the same call continues from the trials already done
     (overwrite=True starts again). Returns the trial table.
     """
+    if cfg.shard:
+        raise GenreclsError(f"tune searches a whole run, not shard {cfg.shard}; drop shard from the config")
     if objective not in OBJECTIVES:
         raise GenreclsError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
     if algorithm not in ALGORITHMS:

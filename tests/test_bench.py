@@ -45,7 +45,9 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     assert len(sections["input_pipeline"]["checks"]) == 2
     assert "input_wait_share" in sections["training_throughput"]["measurements"]["backbones"]["simple"]
     ova = sections["ova_cost"]["measurements"]
-    assert set(ova["f1"]) == {"cached_features", "through_backbone"} and "max_abs_f1_difference" in ova
+    assert set(ova["f1"]) == {"one_fit", "member_by_member", "through_backbone"}
+    assert set(ova["max_abs_roc_auc_difference"]) == {"one_fit_vs_member_by_member", "cached_vs_through_backbone"}
+    assert len(sections["ova_cost"]["checks"]) == 2
     assert set(sections["memory"]["measurements"]["runs"]) == {"1x", "10x"}
     assert len(sections["scaling"]["measurements"]["seconds"]) == 3
 
