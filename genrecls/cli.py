@@ -205,7 +205,7 @@ def cmd_quality(args) -> None:
 
     modes = args.modes.split(",") if args.modes else None
     run_quality(data=args.data, out=args.out, runs=args.runs, modes=modes, recipe=args.recipe, epochs=args.epochs,
-                seed=args.seed, inputs=args.inputs.split(","), text=args.text.split(","))
+                seed=args.seed, inputs=args.inputs.split(","), text=args.text.split(","), trunk_from=args.trunk_from)
     print(open(os.path.join(args.out, "quality.md"), encoding="utf-8").read())
     print(f"written to {os.path.join(args.out, 'quality.json')} and quality.md; runs in {args.runs}")
 
@@ -579,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", default="poster", help="comma-separated rows per mode: poster (the poster alone), "
                    "text (the --text alone) or both (fused) [poster]")
     p.add_argument("--text", default="title", help="the text columns of the text and both rows [title]")
+    p.add_argument("--trunk-from", metavar="TRUNK", help="reuse the shared trunk an earlier quality run trained "
+                   "(RUNS/ROW/checkpoints/trunk.keras; checked to have the same data, seed and settings) "
+                   "instead of training stage 1 again: re-measures the heads in minutes")
     p.set_defaults(func=cmd_quality)
     return parser
 

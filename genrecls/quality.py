@@ -47,8 +47,13 @@ def default_data() -> Path:
 
 
 def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, recipe: str = "scratch",
-                epochs: int | None = None, seed: int = 0, inputs=("poster",), text=("title",)) -> dict:
-    """Train and evaluate `recipe` in each mode with each of `inputs`; write OUT/quality.json and quality.md."""
+                epochs: int | None = None, seed: int = 0, inputs=("poster",), text=("title",),
+                trunk_from: str | os.PathLike | None = None) -> dict:
+    """Train and evaluate `recipe` in each mode with each of `inputs`; write OUT/quality.json and quality.md.
+
+    trunk_from: the checkpoints/trunk.keras of an earlier quality row; every poster row reuses it
+    after a check that its run had the same settings (data, seed, recipe) but the mode and text.
+    """
     from genrecls.training import train, versions
 
     if recipe not in RECIPES:
@@ -77,6 +82,8 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
         print(f"[{n}/{len(rows)}] {label}: training {cfg.backbone}"
               + (f" at {cfg.image_size} px" if cfg.image_size else ""), flush=True)
         run = Path(runs) / label.replace(" · ", "-").replace(" + ", "+").replace(" ", "-")
+        if trunk_from and trunk is None and cfg.backbone != NO_BACKBONE:
+            trunk = checked_trunk(Path(trunk_from), cfg)
         started = time.time()
         report = train(cfg, run, overwrite=True, trunk_from=trunk)
         trained = run / CHECKPOINTS / TRUNK
@@ -87,6 +94,27 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
         (out / "quality.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         (out / "quality.md").write_text(format_markdown(results))
     return results
+
+
+# Settings that change only what is fitted on the trunk: a trunk is reusable across them.
+HEAD_ONLY = {"mode", "text", "text_width", "text_dropout", "optimize", "calibration", "verbose", "shard",
+             "member_overrides", "loss", "label_smoothing"}
+
+
+def checked_trunk(path: Path, cfg: TrainConfig) -> Path:
+    """A shared trunk from an earlier run, refused unless that run trained it with cfg's trunk settings."""
+    from genrecls.runs import RunFolder
+
+    if not path.is_file() or path.name != TRUNK or path.parent.name != CHECKPOINTS:
+        raise GenreclsError(f"--trunk-from {path}: expected a run's {CHECKPOINTS}/{TRUNK}")
+    theirs = RunFolder.open(path.parents[1], finished=False).load_config().to_json()
+    ours = cfg.to_json()
+    differ = sorted(k for k in ours if k not in HEAD_ONLY and theirs.get(k) != ours[k]
+                    and not (k == "data" and Path(theirs[k]).resolve() == Path(ours[k]).resolve()))
+    if differ:
+        raise GenreclsError(f"--trunk-from {path}: its run was trained with other {', '.join(differ)}; "
+                            "a trunk is reused only with the same data, seed and trunk settings")
+    return path
 
 
 def _earlier(path: Path, now: dict) -> dict:
