@@ -271,7 +271,7 @@ def _ova_top_k(cfg_kwargs: dict, table, want: int) -> int:
 
 
 # (label, train on cached features, all members in one fit): the same posters and members three ways
-OVA_WAYS = (("one_fit", True, True), ("member_by_member", True, False), ("through_backbone", False, False))
+OVA_WAYS = (("one_fit", True, "one"), ("member_by_member", True, "members"), ("through_backbone", False, "members"))
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -306,11 +306,11 @@ def bench_ova_cost(ctx: Context) -> dict:
                   fine_tune_last=0, epochs=epochs, seed=ctx.seed, verbose=0)
     top_k = _ova_top_k(common, table, OVA_TOP_K)
     seconds, member_seconds, reports = {}, {}, {}
-    for label, cached, one_fit in OVA_WAYS:
-        cfg = TrainConfig(**common, top_k=top_k, cache_features=cached)
+    for label, cached, ova_fit in OVA_WAYS:
+        cfg = TrainConfig(**common, top_k=top_k, cache_features=cached, ova_fit=ova_fit)
         with contextlib.redirect_stdout(io.StringIO()):  # training and evaluation print progress and tables
             # training alone is timed: data, features (cached ways), fitting, calibration, saving
-            trainer = timed_trainer(cfg, ctx.work / f"ova_{label}", ova_one_fit=one_fit)
+            trainer = timed_trainer(cfg, ctx.work / f"ova_{label}")
             seconds[label], _ = _timed(trainer.run, table)
             member_seconds[label] = trainer.member_seconds
             reports[label] = evaluate_run(ctx.work / f"ova_{label}", table=table, plots=False)
@@ -568,3 +568,81 @@ def format_markdown(results: dict) -> str:
         if section.get("note"):
             notes.append(f"- {name}: {section['note']}")
     return "\n".join(lines + ([""] + notes if notes else []) + [""])
+
+
+# ------------------------------------------------------------- Letterboxd scale
+
+LETTERBOXD_MOVIES = 557_539  # report 002's Letterboxd table
+LETTERBOXD_POSTERS = (15_000, 150_000)  # at scale 1: the posters of the small and the large run
+SCALE_STAGES = ("summary", "labels", "split", "ova_sampling", "features", "ova_fit")
+
+
+def synthetic_letterboxd(root: Path, movies: int, posters: int, seed: int = 0) -> Path:
+    """A Letterboxd-format folder: genres.csv in long form (one row per movie and genre) for
+    `movies` movies with Zipf-like genres, and tiny generated posters for the first `posters`.
+
+    A few hundred distinct JPEGs are encoded once and written under every poster's name, so
+    150,000 posters take seconds; the pipeline still decodes each file.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lists = synthetic_genre_lists(movies, seed)
+    ids = [f"lb{i:07d}" for i in range(movies)]
+    with open(root / "genres.csv", "w", encoding="utf-8") as f:
+        f.write("id,genre\n")
+        f.writelines(f"{movie_id},{genre}\n" for movie_id, genres in zip(ids, lists) for genre in genres)
+    templates = []
+    for _ in range(256):
+        buf = io.BytesIO()
+        pixels = rng.integers(0, 256, size=(6, 4, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=80)
+        templates.append(buf.getvalue())
+    folder = root / "posters"
+    folder.mkdir(exist_ok=True)
+    for i, movie_id in enumerate(ids[:posters]):
+        (folder / f"{movie_id}.jpg").write_bytes(templates[i % len(templates)])
+    return root
+
+
+def _scale_stages(root: str, store: str, image_size: int = 32) -> None:
+    """The child process of bench_letterboxd_scale: each stage's seconds and the peak RSS after it."""
+    from genrecls.config import TrainConfig
+    from genrecls.datasets import load_dataset, summarize
+    from genrecls.labels import GenreVocabulary, collapse, keep_labelled, split_posters
+    from genrecls.training import member_sets
+
+    out, start = {}, time.perf_counter()
+
+    def done(stage: str) -> None:
+        nonlocal start
+        out[stage] = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak_mb(), 1)}
+        start = time.perf_counter()
+
+    out["import"] = {"peak_rss_mb": round(peak_mb(), 1)}
+    table = load_dataset(root, "letterboxd", verbose=0)
+    summary = summarize(table)
+    done("summary")
+    lists = list(table.frame["genres"])
+    vocab = GenreVocabulary.fit(lists)
+    Y = vocab.encode(lists)
+    Y = Y[keep_labelled(Y)]
+    strata = collapse(Y, "least")
+    done("labels")
+    split = split_posters(Y, vocab.names, seed=0, strata=strata)
+    done("split")
+    cfg = TrainConfig(data=root, format="letterboxd", mode="ova", backbone="simple", weights=None,
+                      image_size=image_size, verbose=0)
+    members = [member_sets(cfg, Y, split.train, split.val, j)[0].size for j in range(Y.shape[1])]
+    done("ova_sampling")
+    out["counts"] = {"records": summary["records"], "posters": summary["posters"], "genres": len(vocab.names),
+                     "train": int(len(split.train)), "member_rows": int(sum(members))}
+    print(json.dumps(out))
+
+
+def peak_mb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS

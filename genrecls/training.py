@@ -130,9 +130,8 @@ class Trainer:
     """Trains one run into its folder. `train()` is the function most callers want."""
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, callbacks=(),
-                 trunk_from: Path | None = None, ova_one_fit: bool = True):
+                 trunk_from: Path | None = None):
         self.cfg = cfg
-        self.ova_one_fit = ova_one_fit  # False: OvA members one fit each even on cached features (the benchmark)
         self.trunk_from = trunk_from  # a shared trunk trained by an earlier run with the same trunk settings
         self.mode = get_mode(cfg.mode)
         self.callbacks = list(callbacks)  # extra Keras callbacks for every fit
@@ -296,7 +295,7 @@ class Trainer:
 
     def _one_fit(self, inputs: Inputs) -> bool:
         """All members in one fit: on in-memory inputs, with a loss that can be masked per member."""
-        return self.ova_one_fit and inputs.in_memory and self.cfg.loss in ELEMENTWISE_LOSSES
+        return self.cfg.ova_fit == "one" and inputs.in_memory and self.cfg.loss in ELEMENTWISE_LOSSES
 
     def _member_model(self, j, genre, backbone, own_backbone: bool = False):
         """Member j's model (Built), seeded by its index, with its own overrides (and backbone, if asked)."""

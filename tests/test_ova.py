@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -20,7 +21,7 @@ from genrecls.training import Trainer, combine_shards, member_weights, train
 from tests.helpers import tiny_config
 
 # a frozen random backbone: the members train on cached features, so all of them in one fit
-ONE_FIT = dict(mode="ova", top_k=3, epochs=2, fine_tune_last=0, learning_rate=0.01)
+ONE_FIT = dict(mode="ova", top_k=3, epochs=2, fine_tune_last=0, learning_rate=0.01, ova_fit="one")
 
 
 def _posters(demo_dir) -> np.ndarray:
@@ -126,7 +127,7 @@ def ova_runs(demo_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ova")
     cfg = tiny_config(demo_dir, **ONE_FIT)
     Trainer(cfg, root / "one_fit").run()
-    Trainer(cfg, root / "loop", ova_one_fit=False).run()
+    Trainer(dataclasses.replace(cfg, ova_fit="members"), root / "loop").run()
     for i in range(2):
         assert train(tiny_config(demo_dir, **ONE_FIT, shard=f"{i}/2"), root / f"shard{i}") is None
     return root
