@@ -369,18 +369,51 @@ print(json.dumps({"posters": n, "seconds": time.perf_counter() - start,
 """
 
 
+# The feature store's cost as the posters grow: extraction into a fresh store, then one epoch of a
+# head reading the features back through the store's memory maps (as training and tuning do).
+_STORE_CHILD = r"""
+import json, resource, sys, time
+import keras, numpy as np
+from genrecls.backbones import build_backbone
+from genrecls.config import TrainConfig
+from genrecls.features import stored_features
+from genrecls.heads import build_head
+from genrecls.preparation import Inputs
+
+def peak_mb():
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
+
+paths = json.load(open(sys.argv[1])) * int(sys.argv[2])
+cfg = TrainConfig(data=sys.argv[3], backbone="simple", weights=None, image_size=64, batch_size=128,
+                  fine_tune_last=0, verbose=0)
+before = peak_mb()
+start = time.perf_counter()
+keras.utils.set_random_seed(0)
+backbone = build_backbone("simple", 64, None)
+features = stored_features(backbone, paths, cfg, sys.argv[3])
+rows = np.arange(len(paths))
+head = build_head(features.dim, 1, "sigmoid", (64,), 0.0)
+head.compile("adam", "binary_crossentropy")
+head.fit(Inputs(cfg, np.array(paths), features).dataset(rows, (rows % 2)[:, None].astype("float32"), True),
+         epochs=1, verbose=0)
+print(json.dumps({"posters": len(paths), "seconds": time.perf_counter() - start,
+                  "peak_rss_mb_after_import": before, "peak_rss_mb": peak_mb()}))
+"""
+
+
 # Linux hands a process's peak RSS on across fork + exec, so a child started
 # straight from this (large) process would report our peak as its own. A
 # small launcher in between starts the measured child with a clean slate.
 _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
 
-def _stream_in_child(path_file: Path, repeat: int) -> dict:
-    """Stream the posters in a fresh interpreter, so its peak RSS is its own."""
+def _stream_in_child(path_file: Path, repeat: int, child: str = _MEMORY_CHILD, *extra: str) -> dict:
+    """Run a child script over the posters in a fresh interpreter, so its peak RSS is its own."""
     package_root = str(Path(__file__).resolve().parents[1])  # where genrecls is importable from, installed or not
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", _MEMORY_CHILD, str(path_file), str(repeat)]
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", child, str(path_file), str(repeat), *extra]
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=package_root)
     if done.returncode != 0:
         raise RuntimeError(f"memory child failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -391,20 +424,30 @@ def bench_memory(ctx: Context) -> dict:
     n = max(256, int(MEMORY_POSTERS * ctx.scale))
     path_file = ctx.work / "memory_paths.json"
     path_file.write_text(json.dumps(ctx.paths(n)))
-    runs = {}
+    runs, store = {}, {}
     for label, repeat in (("1x", 1), ("10x", 10)):
         runs[label] = _stream_in_child(path_file, repeat)
-        r = runs[label]
-        _say(f"  {label:<4} {r['posters']} posters in {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
-             f"({r['peak_rss_mb_after_import']:.0f} MB after import)")
+        store[label] = _stream_in_child(path_file, repeat, _STORE_CHILD, str(ctx.work / f"store_{label}"))
+        for what, r in (("stream", runs[label]), ("store", store[label])):
+            _say(f"  {label:<4} {what:<6} {r['posters']} posters in {r['seconds']:.1f} s, peak RSS "
+                 f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_after_import']:.0f} MB after import)")
     ratio = runs["10x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
+    store_ratio = store["10x"]["peak_rss_mb"] / store["1x"]["peak_rss_mb"]
+    rounded = {k: {f: round(v, 2) for f, v in r.items()} for k, r in runs.items()}
     return {
-        "measurements": {"posters_1x": n, "image_size": 224, "batch_size": 128,
-                         "runs": {k: {f: round(v, 2) for f, v in r.items()} for k, r in runs.items()}},
+        "measurements": {"posters_1x": n, "image_size": 224, "batch_size": 128, "runs": rounded,
+                         "feature_store": {"backbone": "simple", "image_size": 64, "batch_size": 128,
+                                           "work": "extraction into a fresh store + one epoch of a head on it",
+                                           "runs": {k: {f: round(v, 2) for f, v in r.items()}
+                                                    for k, r in store.items()}}},
         "checks": [_check("peak RSS streaming 10x vs 1x the posters",
                           f"{runs['10x']['peak_rss_mb']:.0f} MB ({runs['10x']['posters']} posters)",
                           f"{runs['1x']['peak_rss_mb']:.0f} MB ({runs['1x']['posters']} posters)",
-                          ratio, "< 1.2", ratio < 1.2)],
+                          ratio, "< 1.2", ratio < 1.2),
+                   _check("peak RSS feature store (extract + 1 epoch) 10x vs 1x the posters",
+                          f"{store['10x']['peak_rss_mb']:.0f} MB ({store['10x']['posters']} posters)",
+                          f"{store['1x']['peak_rss_mb']:.0f} MB ({store['1x']['posters']} posters)",
+                          store_ratio, "<= 1.5", store_ratio <= 1.5)],
     }
 
 

@@ -200,6 +200,33 @@ def cmd_tune(args) -> None:
         _print_evaluation(best, train(RunFolder(out).load_config(), best, overwrite=True, plots=True))
 
 
+def cmd_features(args) -> None:
+    cfg = train_config(args)
+    if not cfg.feature_store:  # before TensorFlow loads
+        raise GenreclsError("name the store with --feature-store DIR (train and tune reuse it when given the "
+                            "same --feature-store)")
+    from genrecls.preparation import fill_feature_store
+
+    done = fill_feature_store(cfg, args.feature_shard)
+    computed = ", ".join(map(str, done["computed"])) or "none"
+    print(f"{done['entry']}: {done['posters']} posters in {done['shards']} shard(s); computed shard(s) {computed}")
+    if done["complete"]:
+        print("complete: train and tune with the same settings and --feature-store reuse it")
+    else:
+        print(f"still missing shard(s) {', '.join(map(str, done['missing']))}: run the other --shard parts "
+              "(a run computes whatever is missing itself)")
+
+
+def _shard(text):
+    """An argparse type for --shard I/N."""
+    from genrecls.config import parse_shard
+
+    try:
+        return parse_shard(text)
+    except GenreclsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
+
+
 def cmd_quality(args) -> None:
     from genrecls.quality import run_quality
 
@@ -340,6 +367,8 @@ TRAINING_OPTIONS = {
         ("--cache", "cache decoded posters: 'memory' or a file prefix", {}),
         ("--no-cache-features", "train through the frozen backbone every epoch instead of on cached features",
          {"action": "store_false", "dest": "cache_features"}),
+        ("--feature-store", "folder keeping those cached features; runs and searches given the same folder "
+         "reuse them [the run folder's features/]", {"metavar": "DIR"}),
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
     ],
 }
@@ -347,8 +376,13 @@ TRAIN_FIELDS = ("format", "genre_sep", "max_pixels", "text") + tuple(kw.get("des
                                                for options in TRAINING_OPTIONS.values() for flag, _, kw in options)
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """The options of `train`, shared by `tune` (values not given stay None)."""
+# What `genrecls features` takes: the settings the stored features depend on, and where they go.
+FEATURE_OPTIONS = ("--backbone", "--weights", "--image-size", "--resize", "--fine-tune-last", "--batch-size",
+                   "--seed", "--feature-store")
+
+
+def _add_training_options(p: argparse.ArgumentParser, only: tuple | None = None) -> None:
+    """The options of `train`, shared by `tune`, and those named in `only` for `features` (values not given stay None)."""
     from genrecls import config
 
     _add_data_options(p, defaults=False)
@@ -357,12 +391,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=list(config.RECIPES),
                    help="start from a named recipe (scratch: the measured CPU recipe without pretrained weights; "
                    "report002: EfficientNetV2B0 on ImageNet); --config and the options given override it")
-    p.add_argument("--out", help="run folder (default: models/MODE-BACKBONE)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing genrecls run folder (never a folder genrecls did not create)")
+    if only is None:
+        p.add_argument("--out", help="run folder (default: models/MODE-BACKBONE)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing genrecls run folder (never a folder genrecls did not create)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     for group, options in TRAINING_OPTIONS.items():
-        g = p.add_argument_group(group)
+        options = [o for o in options if only is None or o[0] in only]
+        g = p.add_argument_group(group) if options else None
         for flag, text, kw in options:
             kw = dict(kw, default=None)
             field = kw.get("dest", flag.lstrip("-").replace("-", "_"))
@@ -450,6 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OvA: tune each genre's member, or one setting for all members [per-genre]")
     g.add_argument("--retrain", action="store_true", help="train the best config into OUT/best afterwards")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "features", help="compute a frozen backbone's poster features into a feature store (or one shard of them)",
+        description="Compute the backbone's pooled features of every poster of DATA into --feature-store DIR, "
+        "where train and tune with the same posters, backbone, weights, image size and resize (and the same "
+        "--feature-store) find and reuse them. --shard I/N computes only shard I of N, so several processes or "
+        "machines can fill one store; a run computes whatever shards are still missing.",
+    )
+    _add_training_options(p, only=FEATURE_OPTIONS)
+    # its own dest: train's --shard (OvA members) is a config setting, this one is not
+    p.add_argument("--shard", type=_shard, dest="feature_shard", metavar="I/N",
+                   help="compute only part I of N (0 <= I < N) [all]")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(
         "evaluate", help="per-genre report of a run against its baselines: metrics, report.md, plots",

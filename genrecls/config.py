@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from genrecls.backbones import BACKBONES, get_spec, normalize_weights
@@ -41,6 +42,9 @@ DEFAULT_THRESHOLD = 0.5
 # the largest real posters are about 4000x6000.
 MAX_PIXELS = 50_000_000
 MEMBER_KEYS = ("head", "dropout", "learning_rate", "text_width", "text_dropout")
+# Rows per shard of the feature store (genrecls.features): 4096 x 1280 EfficientNet features is 21 MB a shard,
+# the most extraction holds in memory at once; `genrecls features --shard I/N` hands out whole shards.
+FEATURE_SHARD_ROWS = 4096
 
 # Named starting points (`genrecls train --recipe NAME`, `make train-* WEIGHTS=none`, `genrecls quality`);
 # options given on the command line override them. "scratch" is the measured recipe for a user without
@@ -153,21 +157,10 @@ def _member_overrides(name, value):
     return checked
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
-    """'1/3' -> (1, 3): shard I of N trains the OvA members j with j % N == I."""
-    i, n = (int(part) for part in shard.split("/"))
-    return i, n
-
-
 def _shard(name, value):
     if value is None:
         return None
-    try:
-        i, n = parse_shard(value) if isinstance(value, str) else (None, None)
-    except ValueError:
-        i = n = None
-    if i is None or not 0 <= i < n:
-        _fail(name, value, "I/N with integers 0 <= I < N (e.g. 0/2 and 1/2 for two machines)")
+    i, n = parse_shard(value)
     return f"{i}/{n}"
 
 
@@ -227,6 +220,7 @@ RULES = {
     "augment": _bool,
     "cache": _text(optional=True),
     "cache_features": _bool,
+    "feature_store": _text(optional=True),
     "tensorboard": _bool,
     "verbose": _verbose,
 }
@@ -286,6 +280,8 @@ class TrainConfig:
     augment: bool = False
     cache: str | None = None  # None | memory | file prefix: cache decoded posters
     cache_features: bool = True  # train heads on cached backbone features when frozen
+    # where those features are kept (genrecls.features); None: the run (or search) folder's own features/
+    feature_store: str | None = None
     tensorboard: bool = False
     verbose: str | int = "auto"
 
@@ -293,6 +289,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, RULES[f.name](f.name, getattr(self, f.name)))
         self.data = os.path.abspath(self.data)
+        if self.feature_store:
+            self.feature_store = os.path.abspath(os.path.expanduser(self.feature_store))
         if self.backbone == NO_BACKBONE:
             if not self.text:
                 raise GenreclsError("--backbone none trains on text alone; name the text with --text (e.g. title)")
@@ -348,6 +346,14 @@ class TrainConfig:
                 return cls.from_json(json.load(f))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GenreclsError(f"cannot read config {path}: {exc}") from None
+
+
+def parse_shard(text) -> tuple[int, int]:
+    """'I/N' -> (I, N): shard I of N of the feature store's rows, whole numbers with 0 <= I < N."""
+    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not found or not int(found[1]) < int(found[2]):
+        raise GenreclsError(f"--shard must be I/N with whole numbers 0 <= I < N (e.g. 0/4 ... 3/4), not {text!r}")
+    return int(found[1]), int(found[2])
 
 
 def default(name: str):

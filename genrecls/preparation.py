@@ -3,7 +3,9 @@
 When the backbone is frozen and no augmentation is asked for, its pooled
 features are computed once per poster and every head (every OvA member,
 every tuner trial) trains on them: one pass over the posters instead of one
-per member per epoch.
+per member per epoch. They are kept in a feature store (genrecls.features),
+so a resumed run, a later run with --feature-store and `genrecls features`
+share them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import tensorflow as tf
 
 from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.datasets import PosterTable, load_dataset
+from genrecls.errors import GenreclsError
+from genrecls.features import Features, stored_features, update_entry
 from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
 from genrecls.modes import get_mode
 from genrecls.pipeline import Augmentation, make_dataset
@@ -39,6 +43,7 @@ class PreparedData:
     split: Split
     unlabelled: int  # posters with no genre inside the vocabulary
     texts: np.ndarray | None = None  # the text beside each poster (cfg.text), or None
+    table_rows: np.ndarray | None = None  # each poster's row in the table (the feature store's rows)
 
     def targets(self, mode: str) -> np.ndarray:
         """What a mode's model learns (one-hot collapsed labels or multi-hot genres)."""
@@ -54,12 +59,16 @@ class PreparedData:
         return rows, len(ids) - len(rows)
 
 
+def load_table(cfg: TrainConfig) -> PosterTable:
+    return load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
+                        verbose=cfg.verbose, text=cfg.text, **cfg.csv_options)
+
+
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
     """Load the table, fit (or reuse) the vocabulary, encode, and split (labels.split_posters) with the seed."""
     if table is not None and cfg.text and table.text != cfg.text:
         table = None  # a table read without this run's text: read it again with it
-    table = table or load_dataset(cfg.data, cfg.format, genre_sep=cfg.genre_sep, max_pixels=cfg.max_pixels,
-                                  verbose=cfg.verbose, text=cfg.text, **cfg.csv_options)
+    table = table or load_table(cfg)
     genre_lists = list(table.frame["genres"])
     vocab = vocab or GenreVocabulary.fit(
         genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres
@@ -73,28 +82,43 @@ def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: Genr
     return PreparedData(
         table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
         Y, strata, split, len(table) - len(keep),
-        table.frame["text"].to_numpy(dtype=object)[keep] if cfg.text else None,
+        table.frame["text"].to_numpy(dtype=object)[keep] if cfg.text else None, keep,
     )
 
 
-def extract_features(backbone: keras.Model, paths, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of every poster, one pass. Returns (features, decoded mask).
+def cached_features(cfg: TrainConfig, data: PreparedData, backbone: keras.Model, store) -> Features:
+    """The frozen backbone's features of the run's posters, from the feature store (cfg.feature_store, else `store`).
 
-    Indices travel with the images, so a poster tf.data skips cannot shift
-    the rows of the ones after it.
+    The store's rows are the table's posters, whatever the labels keep, so runs with other
+    genre options and `genrecls features` over the same posters share one entry.
     """
-    n = len(paths)
-    ds = make_dataset(paths, np.arange(n), image_size=cfg.image_size, batch_size=cfg.batch_size,
-                      resize=cfg.resize, check_files=False)
-    features = np.zeros((n, backbone.output_shape[-1]), dtype="float32")
-    decoded = np.zeros(n, dtype=bool)
-    progress = progress_bar(n, f"computing {backbone.name} features of {n} posters once", cfg.verbose)
-    for images, idx in ds:
-        idx = idx.numpy()
-        features[idx] = backbone(images, training=False).numpy()
-        decoded[idx] = True
-        progress.add(len(idx))
-    return features, decoded
+    paths = data.table.frame["path"].to_numpy()
+    return stored_features(backbone, paths, cfg, cfg.feature_store or store).select(data.table_rows)
+
+
+def fill_feature_store(cfg: TrainConfig, shard: tuple[int, int] | None = None) -> dict:
+    """`genrecls features`: compute (shard I of N of) the config's backbone features into cfg.feature_store.
+
+    The backbone is built as a run builds it (same seed), frozen, over the table a run reads.
+    """
+    from genrecls.models import new_backbone
+
+    if not cfg.feature_store:
+        raise GenreclsError("name the store with --feature-store DIR (train and tune reuse it when given the "
+                            "same --feature-store)")
+    if cfg.backbone == NO_BACKBONE:
+        raise GenreclsError("--backbone none has no poster features to store")
+    if cfg.augment or not cfg.cache_features:
+        raise GenreclsError("a run with --augment or --no-cache-features reads no stored features; drop that option")
+    keras.utils.set_random_seed(cfg.seed)
+    backbone, trainable = new_backbone(cfg)
+    if trainable != "frozen":
+        raise GenreclsError(f"this config trains the backbone ({trainable}), so a run would not read stored "
+                            "features; pass --fine-tune-last 0 to keep it frozen")
+    table = load_table(cfg)
+    entry, computed = update_entry(backbone, table.frame["path"].to_numpy(), cfg, cfg.feature_store, shard)
+    return {"entry": str(entry.dir), "posters": entry.rows, "shards": entry.count, "computed": computed,
+            "missing": entry.missing(), "complete": not entry.missing()}
 
 
 class Inputs:
@@ -104,18 +128,16 @@ class Inputs:
     alone, or a dict with "image" (or "features") and "text"; text only with --backbone none.
     """
 
-    def __init__(self, cfg: TrainConfig, paths: np.ndarray, backbone: keras.Model | None,
+    def __init__(self, cfg: TrainConfig, paths: np.ndarray, features: Features | None = None,
                  texts: np.ndarray | None = None):
         self.cfg = cfg
         self.paths = paths
         self.texts = texts
         self.posters = cfg.backbone != NO_BACKBONE
-        self.features = None
-        self.decoded = np.ones(len(paths), dtype=bool)
-        if backbone is not None:
-            self.features, self.decoded = extract_features(backbone, paths, cfg)
-            if not self.decoded.all():
-                log.warning("%d posters failed to decode and are left out", (~self.decoded).sum())
+        self.features = features  # stored backbone features, one row per path (cached_features), or None
+        self.decoded = np.ones(len(paths), dtype=bool) if features is None else features.decoded
+        if not self.decoded.all():
+            log.warning("%d posters failed to decode and are left out", (~self.decoded).sum())
 
     def usable(self, idx: np.ndarray) -> np.ndarray:
         return idx[self.decoded[idx]]
@@ -131,14 +153,15 @@ class Inputs:
         cfg = self.cfg
         texts = None if self.texts is None else [str(t) for t in self.texts[idx]]
         if self.in_memory:
-            x = {} if texts is None else {TEXT_INPUT: tf.constant(texts, tf.string)}
-            if self.features is not None:
-                x["features"] = self.features[idx]
-            x = x if texts is not None else x["features"]
+            # rows (and texts) travel through shuffle and batch; each batch's features are then read from
+            # the store's memory maps, so only a batch of them is in memory at a time
+            x = {"row": idx.astype("int64")}
+            if texts is not None:
+                x[TEXT_INPUT] = tf.constant(texts, tf.string)
             ds = tf.data.Dataset.from_tensor_slices((x, targets) if weights is None else (x, targets, weights))
             if training:
                 ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
-            return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+            return ds.batch(cfg.batch_size).map(self._model_inputs).prefetch(tf.data.AUTOTUNE)
         # keep_length: Keras knows each epoch's length even if a poster fails at decode (another stands in
         # for it: a validation loss may count one poster twice; predict_split drops the repeat)
         return make_dataset(
@@ -146,6 +169,18 @@ class Inputs:
             resize=cfg.resize, shuffle=training, seed=cfg.seed, cache=cfg.cache,
             augment=Augmentation() if (training and cfg.augment) else None, check_files=False, keep_length=True,
         )
+
+    def _model_inputs(self, x: dict, *rest):
+        """A batch of rows (and texts) -> what the head reads: features, {features, text} or {text};
+        the targets (and sample weights) pass through."""
+        rows, x = x["row"], {k: v for k, v in x.items() if k != "row"}
+        if self.features is not None:
+            features = tf.numpy_function(self.features.take, [rows], tf.float32, stateful=False)
+            features.set_shape([None, self.features.dim])
+            if TEXT_INPUT not in x:
+                return (features, *rest)
+            x["features"] = features
+        return (x, *rest)
 
 
 def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, part: str = "") -> tuple[np.ndarray, np.ndarray]:

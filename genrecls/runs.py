@@ -14,6 +14,7 @@
       report.html        the same report in one self-contained page, with a poster gallery and Grad-CAM
       explain/           Grad-CAM overlays written by `genrecls explain` (unless --out names another folder)
       checkpoints/       per-fit history and a backup for resuming
+      features/          the frozen backbone's cached features (genrecls.features), unless --feature-store names another
 
 A shard (`train --shard I/N`) is a run folder holding some OvA members (ova/, checkpoints/, no
 combined model, never evaluated) until `genrecls combine` joins the shards into a run.
@@ -52,6 +53,7 @@ REPORT = "report.md"
 REPORT_HTML = "report.html"
 EXPLAIN = "explain"
 CHECKPOINTS = "checkpoints"
+FEATURES = "features"  # the feature store of a run or search without --feature-store
 SEARCH = "search.json"
 SPLITS = ("train", "val", "test")
 # where a claim records the settings it must resume with; a shard holds some OvA members of a run (train --shard)
@@ -364,6 +366,10 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
+
+    @property
+    def features_path(self) -> Path:
+        return self.path / FEATURES
 
     @property
     def history_path(self) -> Path:

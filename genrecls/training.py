@@ -29,7 +29,7 @@ from genrecls.labels import Split, class_weights, oversample, ova_subset, positi
 from genrecls.models import (build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone,
                              optimizer, steps)
 from genrecls.modes import MEMBER, Mode, get_mode
-from genrecls.preparation import Inputs, PreparedData, predict_split, prepare_data
+from genrecls.preparation import Inputs, PreparedData, cached_features, predict_split, prepare_data
 from genrecls.runs import RunFolder, damaged, load_keras, member_slug, save_keras
 from genrecls.text import TextEncoder
 
@@ -163,7 +163,8 @@ class Trainer:
             backbone, trainable = self._shared_trunk(data, (backbone, trainable)), "frozen"
         # a frozen backbone (pretrained, or the shared trunk) runs once per poster: heads fit on its features
         use_features = trainable == "frozen" and (staged or cfg.cache_features and not cfg.augment)
-        inputs = Inputs(cfg, data.paths, backbone if use_features else None, data.texts)
+        features = cached_features(cfg, data, backbone, folder.features_path) if use_features else None
+        inputs = Inputs(cfg, data.paths, features, data.texts)
         split = Split(*(inputs.usable(getattr(data.split, p)) for p in ("train", "val", "test")))
         # the text branch's vocabulary comes from the training split only
         self.text = TextEncoder(data.texts[split.train], cfg.text_width, cfg.text_dropout).branch if cfg.text else None

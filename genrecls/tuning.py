@@ -31,7 +31,7 @@ from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
 from genrecls.models import build_model, compile_model, new_backbone
 from genrecls.modes import MEMBER, Mode, get_mode
-from genrecls.preparation import Inputs, prepare_data
+from genrecls.preparation import Inputs, cached_features, prepare_data
 from genrecls.runs import RunFolder, member_slug
 from genrecls.text import TextEncoder
 from genrecls.training import balanced_rows, imbalance_weights, member_sets
@@ -328,14 +328,15 @@ def tune(
     choices = space["fine_tune_last"]
     frozen = (choices if isinstance(choices, list) else [choices]) == [0]
     use_features = frozen and not cfg.augment and cfg.freeze_until is None and cfg.cache_features
-    backbone = None
-    if use_features:
+    features = None
+    if use_features:  # every trial (and a resumed search) reads the features from the store
         backbone, _ = new_backbone(cfg, fine_tune_last=0)  # frozen
-    inputs = Inputs(cfg, data.paths, backbone, data.texts)
+        features = cached_features(cfg, data, backbone, folder.features_path)
+    inputs = Inputs(cfg, data.paths, features, data.texts)
     train_idx = inputs.usable(data.split.train)  # OvA members draw their own balanced sets from it
     val_idx = inputs.usable(data.split.val)
     text = TextEncoder(data.texts[train_idx], cfg.text_width, cfg.text_dropout) if cfg.text else None
-    feature_dim = inputs.features.shape[1] if use_features else None
+    feature_dim = features.dim if use_features else None
     stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
     directory = folder / "tuner"
     target = OBJECTIVES[objective]

@@ -111,7 +111,7 @@ def test_each_member_stops_and_restores_its_own_best_epoch_and_resumes(tmp_path)
 
 def test_shard_option_is_checked(demo_dir, tmp_path, capsys):
     common = ["train", str(demo_dir), "--backbone", "simple", "--out", str(tmp_path / "run")]
-    for mode, shard, expected in (("ova", "2/2", "shard must be I/N with integers 0 <= I < N"),
+    for mode, shard, expected in (("ova", "2/2", "shard must be I/N with whole numbers 0 <= I < N"),
                                   ("ova", "one/two", "shard must be I/N"),
                                   ("multilabel", "0/2", "--shard splits the one-vs-all members over machines; "
                                                         "it needs --mode ova, not multilabel")):

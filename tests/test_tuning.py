@@ -41,10 +41,16 @@ def test_objectives_have_explicit_directions():
     assert OBJECTIVES["val_f1_macro"].direction == "max"
 
 
-def test_f1_search_keeps_the_highest_score_and_resumes(demo_dir, tmp_path, capsys):
+def test_f1_search_keeps_the_highest_score_and_resumes(demo_dir, tmp_path, capsys, monkeypatch):
+    from genrecls import features
+
+    extractions = []
+    real = features.shard_features
+    monkeypatch.setattr(features, "shard_features", lambda *a: extractions.append(1) or real(*a))
     cfg = _cfg(demo_dir)
     out = tmp_path / "tune"
     first = tune(cfg, out, max_trials=2, objective="val_f1_micro", space=_space(cfg, tmp_path))
+    assert len(extractions) == 1  # both trials trained on features computed once into out/features
     assert len(first) == 2 and set(first["status"]) == {"COMPLETED"}
     best_row = first.loc[first["val_f1_micro"].idxmax()]
     best = json.loads((out / "config.json").read_text())
@@ -55,6 +61,7 @@ def test_f1_search_keeps_the_highest_score_and_resumes(demo_dir, tmp_path, capsy
     again = tune(cfg, out, max_trials=3, objective="val_f1_micro", space=_space(cfg, tmp_path))
     started = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
     assert started == ["trial 2 started by tuner0"]  # only the new trial ran
+    assert len(extractions) == 1  # the resumed search read them from its feature store
     assert len(again) == 3
     pd.testing.assert_frame_equal(again.iloc[:2].reset_index(drop=True), first.reset_index(drop=True),
                                   check_dtype=False)
