@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 ML1M = Path("../shared/datasets/ml1m")  # relative to where the command runs: the repository root
 FULL_SET = 3256  # posters in ml1m: what scale 1 means
-SECTION_NAMES = ("input_pipeline", "training_throughput", "ova_cost", "memory", "scaling")
+SECTION_NAMES = ("input_pipeline", "training_throughput", "ova_cost", "memory", "scaling", "letterboxd_scale")
 
 # (backbone, image size, batch): EfficientNet's batch is small because one
 # trainable step at 224 px takes seconds on two cores.
@@ -408,16 +408,21 @@ print(json.dumps({"posters": len(paths), "seconds": time.perf_counter() - start,
 _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
 
-def _stream_in_child(path_file: Path, repeat: int, child: str = _MEMORY_CHILD, *extra: str) -> dict:
-    """Run a child script over the posters in a fresh interpreter, so its peak RSS is its own."""
+def _in_child(code: str, *args: str) -> dict:
+    """Run Python code in a fresh interpreter, so its peak RSS is its own; returns its last line's JSON."""
     package_root = str(Path(__file__).resolve().parents[1])  # where genrecls is importable from, installed or not
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", child, str(path_file), str(repeat), *extra]
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-c", code, *args]
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=package_root)
     if done.returncode != 0:
-        raise RuntimeError(f"memory child failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"benchmark child failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _stream_in_child(path_file: Path, repeat: int, child: str = _MEMORY_CHILD, *extra: str) -> dict:
+    """Run a child script over the posters in a fresh interpreter, so its peak RSS is its own."""
+    return _in_child(child, str(path_file), str(repeat), *extra)
 
 
 def bench_memory(ctx: Context) -> dict:
@@ -505,12 +510,137 @@ def bench_scaling(ctx: Context) -> dict:
     }
 
 
+# ------------------------------------------------------------- Letterboxd scale
+
+LETTERBOXD_MOVIES = 557_539  # report 002's Letterboxd table
+LETTERBOXD_POSTERS = (15_000, 150_000)  # at scale 1: the posters of the small and the large run
+SCALE_MIN_COUNT = 20
+SCALE_FLOOR = 300  # the fewest posters of the small run, whatever the scale
+SCALE_STAGES = ("summary", "labels", "split", "ova_sampling", "features", "ova_fit")
+
+
+def synthetic_letterboxd(root: Path, movies: int, posters: int, seed: int = 0) -> Path:
+    """A Letterboxd-format folder: genres.csv in long form (one row per movie and genre) for
+    `movies` movies with Zipf-like genres, and tiny generated posters for the first `posters`.
+
+    A few hundred distinct JPEGs are encoded once and written under every poster's name, so
+    150,000 posters take seconds; the pipeline still decodes each file.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lists = synthetic_genre_lists(movies, seed)
+    ids = [f"lb{i:07d}" for i in range(movies)]
+    with open(root / "genres.csv", "w", encoding="utf-8") as f:
+        f.write("id,genre\n")
+        f.writelines(f"{movie_id},{genre}\n" for movie_id, genres in zip(ids, lists) for genre in genres)
+    templates = []
+    for _ in range(256):
+        buf = io.BytesIO()
+        pixels = rng.integers(0, 256, size=(6, 4, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=80)
+        templates.append(buf.getvalue())
+    folder = root / "posters"
+    folder.mkdir(exist_ok=True)
+    for i, movie_id in enumerate(ids[:posters]):
+        (folder / f"{movie_id}.jpg").write_bytes(templates[i % len(templates)])
+    return root
+
+
+def _scale_stages(root: str, store: str, image_size: int = 32) -> None:
+    """The child process of bench_letterboxd_scale: each stage's seconds and the peak RSS after it.
+
+    The `simple` backbone, frozen with its random weights, at `image_size` px: the stages' cost at this
+    size is the package's own (tables, labels, sampling, the store, one fit), not a large CNN's.
+    """
+    import keras
+
+    from genrecls.config import TrainConfig
+    from genrecls.datasets import load_dataset, summarize
+    from genrecls.features import stored_features
+    from genrecls.labels import GenreVocabulary, collapse, keep_labelled, split_posters
+    from genrecls.models import new_backbone
+    from genrecls.training import member_sets, train
+
+    out, start = {}, time.perf_counter()
+
+    def done(stage: str) -> None:
+        nonlocal start
+        out[stage] = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak_mb(), 1)}
+        start = time.perf_counter()
+
+    out["import"] = {"peak_rss_mb": round(peak_mb(), 1)}
+    table = load_dataset(root, "letterboxd", verbose=0)
+    summary = summarize(table)
+    done("summary")
+    lists = list(table.frame["genres"])
+    vocab = GenreVocabulary.fit(lists, min_count=SCALE_MIN_COUNT)  # the small runs' rarest genres cannot split
+    Y = vocab.encode(lists)
+    Y = Y[keep_labelled(Y)]
+    strata = collapse(Y, "least")
+    done("labels")
+    split = split_posters(Y, vocab.names, seed=0, strata=strata)
+    done("split")
+    cfg = TrainConfig(data=root, format="letterboxd", mode="ova", backbone="simple", weights=None,
+                      image_size=image_size, min_count=SCALE_MIN_COUNT, fine_tune_last=0, feature_store=store, ova_fit="one", epochs=1,
+                      batch_size=256, verbose=0)
+    members = [member_sets(cfg, Y, split.train, split.val, j)[0].size for j in range(Y.shape[1])]
+    done("ova_sampling")
+    keras.utils.set_random_seed(cfg.seed)
+    backbone, _ = new_backbone(cfg)
+    features = stored_features(backbone, table.frame["path"].to_numpy(), cfg, store)
+    done("features")
+    # train() on the same table: labels and split again (seconds, above), the stored features, one fit
+    train(cfg, Path(store).parent / "ova_run", table=table, evaluate=False)
+    done("ova_fit")
+    out["counts"] = {"records": summary["records"], "posters": summary["posters"], "genres": len(vocab.names),
+                     "train": int(len(split.train)), "member_rows": int(sum(members)),
+                     "feature_dim": int(features.dim)}
+    print(json.dumps(out))
+
+
+def bench_letterboxd_scale(ctx: Context) -> dict:
+    """Report 002's size: a synthetic 557,539-movie Letterboxd table with 150,000 posters against a tenth."""
+    runs = {}
+    small = max(SCALE_FLOOR, int(LETTERBOXD_POSTERS[0] * ctx.scale))
+    for posters in (small, small * LETTERBOXD_POSTERS[1] // LETTERBOXD_POSTERS[0]):
+        movies = round(LETTERBOXD_MOVIES * posters / LETTERBOXD_POSTERS[-1])
+        root = ctx.work / f"letterboxd_{posters}"
+        seconds, _ = _timed(synthetic_letterboxd, root, movies, posters, ctx.seed)
+        _say(f"  generated {movies:,} movies and {posters:,} posters in {seconds:.0f} s")
+        code = f"from genrecls.bench import _scale_stages; _scale_stages({str(root)!r}, {str(root / 'store')!r})"
+        runs[posters] = _in_child(code)
+        stages = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in runs[posters].items() if "seconds" in v)
+        _say(f"  {posters:,} posters: {stages}; peak RSS {runs[posters]['ova_fit']['peak_rss_mb']:.0f} MB")
+    small, large = (runs[n] for n in sorted(runs))
+    ratio = large["ova_fit"]["peak_rss_mb"] / small["ova_fit"]["peak_rss_mb"]
+    n_small, n_large = sorted(runs)
+    return {
+        "measurements": {"runs": {str(n): r for n, r in runs.items()}, "stages": list(SCALE_STAGES),
+                         "backbone": "simple (random, frozen) at 32 px", "ova": "one fit, 1 epoch"},
+        "checks": [_check(f"peak RSS, {n_large:,} vs {n_small:,} posters (every stage)",
+                          f"{large['ova_fit']['peak_rss_mb']:.0f} MB", f"{small['ova_fit']['peak_rss_mb']:.0f} MB",
+                          ratio, "<= 1.5", ratio <= 1.5)],
+        "note": "seconds per stage at {0:,} / {1:,} posters: ".format(n_small, n_large) + ", ".join(
+            f"{k} {small[k]['seconds']:.1f} / {large[k]['seconds']:.1f}" for k in SCALE_STAGES),
+    }
+
+
+def peak_mb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS
+
+
 SECTIONS = {
     "input_pipeline": bench_input_pipeline,
     "training_throughput": bench_training_throughput,
     "ova_cost": bench_ova_cost,
     "memory": bench_memory,
     "scaling": bench_scaling,
+    "letterboxd_scale": bench_letterboxd_scale,
 }
 
 
@@ -612,80 +742,3 @@ def format_markdown(results: dict) -> str:
             notes.append(f"- {name}: {section['note']}")
     return "\n".join(lines + ([""] + notes if notes else []) + [""])
 
-
-# ------------------------------------------------------------- Letterboxd scale
-
-LETTERBOXD_MOVIES = 557_539  # report 002's Letterboxd table
-LETTERBOXD_POSTERS = (15_000, 150_000)  # at scale 1: the posters of the small and the large run
-SCALE_STAGES = ("summary", "labels", "split", "ova_sampling", "features", "ova_fit")
-
-
-def synthetic_letterboxd(root: Path, movies: int, posters: int, seed: int = 0) -> Path:
-    """A Letterboxd-format folder: genres.csv in long form (one row per movie and genre) for
-    `movies` movies with Zipf-like genres, and tiny generated posters for the first `posters`.
-
-    A few hundred distinct JPEGs are encoded once and written under every poster's name, so
-    150,000 posters take seconds; the pipeline still decodes each file.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    lists = synthetic_genre_lists(movies, seed)
-    ids = [f"lb{i:07d}" for i in range(movies)]
-    with open(root / "genres.csv", "w", encoding="utf-8") as f:
-        f.write("id,genre\n")
-        f.writelines(f"{movie_id},{genre}\n" for movie_id, genres in zip(ids, lists) for genre in genres)
-    templates = []
-    for _ in range(256):
-        buf = io.BytesIO()
-        pixels = rng.integers(0, 256, size=(6, 4, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=80)
-        templates.append(buf.getvalue())
-    folder = root / "posters"
-    folder.mkdir(exist_ok=True)
-    for i, movie_id in enumerate(ids[:posters]):
-        (folder / f"{movie_id}.jpg").write_bytes(templates[i % len(templates)])
-    return root
-
-
-def _scale_stages(root: str, store: str, image_size: int = 32) -> None:
-    """The child process of bench_letterboxd_scale: each stage's seconds and the peak RSS after it."""
-    from genrecls.config import TrainConfig
-    from genrecls.datasets import load_dataset, summarize
-    from genrecls.labels import GenreVocabulary, collapse, keep_labelled, split_posters
-    from genrecls.training import member_sets
-
-    out, start = {}, time.perf_counter()
-
-    def done(stage: str) -> None:
-        nonlocal start
-        out[stage] = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak_mb(), 1)}
-        start = time.perf_counter()
-
-    out["import"] = {"peak_rss_mb": round(peak_mb(), 1)}
-    table = load_dataset(root, "letterboxd", verbose=0)
-    summary = summarize(table)
-    done("summary")
-    lists = list(table.frame["genres"])
-    vocab = GenreVocabulary.fit(lists)
-    Y = vocab.encode(lists)
-    Y = Y[keep_labelled(Y)]
-    strata = collapse(Y, "least")
-    done("labels")
-    split = split_posters(Y, vocab.names, seed=0, strata=strata)
-    done("split")
-    cfg = TrainConfig(data=root, format="letterboxd", mode="ova", backbone="simple", weights=None,
-                      image_size=image_size, verbose=0)
-    members = [member_sets(cfg, Y, split.train, split.val, j)[0].size for j in range(Y.shape[1])]
-    done("ova_sampling")
-    out["counts"] = {"records": summary["records"], "posters": summary["posters"], "genres": len(vocab.names),
-                     "train": int(len(split.train)), "member_rows": int(sum(members))}
-    print(json.dumps(out))
-
-
-def peak_mb() -> float:
-    import resource
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS

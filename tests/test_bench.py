@@ -22,6 +22,7 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "THROUGHPUT_RUNS", (("simple", 32, 32),))
     monkeypatch.setattr(bench, "OVA_TOP_K", 2)
     monkeypatch.setattr(bench, "OVA_RUN", ("simple", 32))
+    monkeypatch.setattr(bench, "SCALE_FLOOR", 100)
     out = tmp_path / "bench"
 
     results = bench.run_benchmarks(data=data, out=out, scale=0.001, seed=0)
@@ -50,6 +51,11 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     assert len(sections["ova_cost"]["checks"]) == 2
     assert set(sections["memory"]["measurements"]["runs"]) == {"1x", "10x"}
     assert len(sections["scaling"]["measurements"]["seconds"]) == 3
+    scale = sections["letterboxd_scale"]["measurements"]["runs"]
+    assert sorted(map(int, scale)) == [100, 1000]
+    for run in scale.values():
+        assert set(bench.SCALE_STAGES) <= set(run) and run["counts"]["posters"] in (100, 1000)
+        assert run["counts"]["records"] > run["counts"]["posters"]  # movies without a poster are counted drops
 
     markdown = (out / "results.md").read_text()
     assert markdown == bench.format_markdown(results)
