@@ -370,6 +370,8 @@ TRAINING_OPTIONS = {
         ("--feature-store", "folder keeping those cached features; runs and searches given the same folder "
          "reuse them [the run folder's features/]", {"metavar": "DIR"}),
         ("--tensorboard", "write TensorBoard logs", {"action": "store_true"}),
+        ("--distribute", "none; mirrored: the local GPUs; multiworker: the machines in TF_CONFIG (README, "
+         "'Distributed training'); --batch-size stays the global batch", {"choices": "DISTRIBUTE"}),
     ],
 }
 TRAIN_FIELDS = ("format", "genre_sep", "max_pixels", "text") + tuple(kw.get("dest", flag.lstrip("-").replace("-", "_"))
@@ -378,7 +380,7 @@ TRAIN_FIELDS = ("format", "genre_sep", "max_pixels", "text") + tuple(kw.get("des
 
 # What `genrecls features` takes: the settings the stored features depend on, and where they go.
 FEATURE_OPTIONS = ("--backbone", "--weights", "--image-size", "--resize", "--fine-tune-last", "--batch-size",
-                   "--seed", "--feature-store")
+                   "--seed", "--feature-store", "--distribute")
 
 
 def _add_training_options(p: argparse.ArgumentParser, only: tuple | None = None) -> None:

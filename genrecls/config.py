@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from genrecls.backbones import BACKBONES, get_spec, normalize_weights
+from genrecls.distribute import STRATEGIES
 from genrecls.errors import GenreclsError
 from genrecls.modes import MODES
 from genrecls.policies import OPTIMIZE
@@ -37,6 +38,9 @@ TRUNKS = ("end-to-end", "shared")
 # OvA members on in-memory inputs: one fit each (the default: measured better on ml1m, README "Quality"),
 # or all in one multi-output fit (about 2x faster, worse macro F1 on ml1m)
 OVA_FITS = ("members", "one")
+DISTRIBUTE = tuple(STRATEGIES)  # none | mirrored (local GPUs) | multiworker (the machines in TF_CONFIG)
+# Settings a resumed run may change: how it reports and where it runs, not what it learns.
+RESUMABLE_CHANGES = ("verbose", "distribute")
 DEFAULT_THRESHOLD = 0.5
 # Posters above this many pixels are refused before decoding (a 20000x20000 PNG decodes into 1.2 GB);
 # the largest real posters are about 4000x6000.
@@ -223,6 +227,7 @@ RULES = {
     "feature_store": _text(optional=True),
     "tensorboard": _bool,
     "verbose": _verbose,
+    "distribute": _choice(DISTRIBUTE),
 }
 
 
@@ -284,6 +289,7 @@ class TrainConfig:
     feature_store: str | None = None
     tensorboard: bool = False
     verbose: str | int = "auto"
+    distribute: str = "none"  # DISTRIBUTE; batch_size stays the global batch, split over the replicas
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -336,8 +342,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def changed_from(self, saved: dict) -> list[str]:
-        """Names of the settings that differ from a saved config (verbosity aside)."""
-        return sorted(k for k, v in self.to_json().items() if k != "verbose" and saved.get(k) != v)
+        """Names of the settings that differ from a saved config (RESUMABLE_CHANGES aside)."""
+        return sorted(k for k, v in self.to_json().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -17,6 +17,7 @@ import numpy as np
 from genrecls.backbones import build_backbone, set_trainable
 from genrecls.components import Calibration, MemberAdam
 from genrecls.config import NO_BACKBONE, TrainConfig
+from genrecls.distribute import sync_batch_norm
 from genrecls.heads import build_head
 from genrecls.modes import Mode
 from genrecls.text import TEXT_INPUT
@@ -86,12 +87,15 @@ def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple
                 head=None, dropout: float | None = None, name: str = "genrecls", text=None) -> Built:
     """Backbone (built, or the (model, trainable) given) + a head of `outputs` units.
 
-    text: a function of the string input giving text features (text.TextEncoder.branch), or None."""
+    text: a function of the string input giving text features (text.TextEncoder.branch), or None.
+    Under a distribution strategy (build in its scope) batch normalization uses the global batch."""
     backbone, trainable = backbone or new_backbone(cfg)
     head = build_head(backbone.output_shape[-1] if backbone is not None else 0, outputs, activation,
                       cfg.head if head is None else head, cfg.dropout if dropout is None else dropout,
                       name=name if backbone is None else f"{name}_head", text_branch=text)
-    return Built(backbone, head, attach(backbone, head, trainable, name=name), trainable)
+    full = attach(backbone, head, trainable, name=name)
+    sync_batch_norm(full)
+    return Built(backbone, head, full, trainable)
 
 
 def optimizer(cfg: TrainConfig, learning_rate: float | None = None, steps_per_epoch: int | None = None,

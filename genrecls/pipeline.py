@@ -85,6 +85,25 @@ def _cache_file(prefix: str, paths, labels, image_size: int, resize: str, texts=
     return f"{prefix}_{digest.hexdigest()[:16]}"
 
 
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Mark a dataset for multi-worker training: each worker keeps its share of every global batch.
+
+    AutoShardPolicy.DATA, not FILE or OFF: these datasets start from
+    from_tensor_slices (file names or cached features), so there are no input
+    files to split among workers (AUTO would try FILE, fail and fall back to
+    DATA with a warning on every fit), and OFF would hand every worker the
+    whole dataset, so workers would train on the same posters and each epoch
+    would see every poster once per worker. With DATA every worker runs the
+    same seeded pipeline, in the same order, and keeps its part of each global
+    batch: a step's batches together are exactly one process's batch. The
+    price is that every worker reads and decodes every poster. Ignored without
+    a multi-worker strategy.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
 def readable(paths: list[str]) -> np.ndarray:
     """Boolean mask of files that look decodable; logs one warning naming the rest.
 
@@ -223,4 +242,4 @@ def make_dataset(
             return (x, *label) if label else x
 
         ds = ds.map(augmented, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return shard_by_data(ds.prefetch(AUTOTUNE))

@@ -19,11 +19,12 @@ import tensorflow as tf
 
 from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.datasets import PosterTable, load_dataset
+from genrecls.distribute import get_strategy
 from genrecls.errors import GenreclsError
 from genrecls.features import Features, stored_features, update_entry
 from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
 from genrecls.modes import get_mode
-from genrecls.pipeline import Augmentation, make_dataset
+from genrecls.pipeline import Augmentation, make_dataset, shard_by_data
 from genrecls.progress import progress_bar
 from genrecls.text import TEXT_INPUT
 
@@ -110,8 +111,12 @@ def fill_feature_store(cfg: TrainConfig, shard: tuple[int, int] | None = None) -
         raise GenreclsError("--backbone none has no poster features to store")
     if cfg.augment or not cfg.cache_features:
         raise GenreclsError("a run with --augment or --no-cache-features reads no stored features; drop that option")
+    if cfg.distribute == "multiworker":
+        raise GenreclsError("features spreads over machines with --shard I/N, one process per part; "
+                            "--distribute multiworker is for train")
     keras.utils.set_random_seed(cfg.seed)
-    backbone, trainable = new_backbone(cfg)
+    with get_strategy(cfg.distribute).scope():  # mirrored: the backbone runs on every local GPU
+        backbone, trainable = new_backbone(cfg)
     if trainable != "frozen":
         raise GenreclsError(f"this config trains the backbone ({trainable}), so a run would not read stored "
                             "features; pass --fine-tune-last 0 to keep it frozen")
@@ -161,7 +166,7 @@ class Inputs:
             ds = tf.data.Dataset.from_tensor_slices((x, targets) if weights is None else (x, targets, weights))
             if training:
                 ds = ds.shuffle(len(idx), seed=cfg.seed, reshuffle_each_iteration=True)
-            return ds.batch(cfg.batch_size).map(self._model_inputs).prefetch(tf.data.AUTOTUNE)
+            return shard_by_data(ds.batch(cfg.batch_size).map(self._model_inputs).prefetch(tf.data.AUTOTUNE))
         # keep_length: Keras knows each epoch's length even if a poster fails at decode (another stands in
         # for it: a validation loss may count one poster twice; predict_split drops the repeat)
         return make_dataset(

@@ -34,7 +34,7 @@ import shutil
 from pathlib import Path
 
 from genrecls import __version__
-from genrecls.config import TrainConfig
+from genrecls.config import RESUMABLE_CHANGES, TrainConfig
 from genrecls.errors import GenreclsError
 from genrecls.labels import GenreVocabulary
 
@@ -215,7 +215,8 @@ class RunFolder:
             saved.pop("versions", None)
             if run.marker().get("finished"):
                 raise GenreclsError(f"{run.path} already holds a finished {kind}; pass --overwrite or another --out")
-            changed = sorted(k for k in set(settings) | set(saved) if k != "verbose" and settings.get(k) != saved.get(k))
+            changed = sorted(k for k in set(settings) | set(saved)
+                             if k not in RESUMABLE_CHANGES and settings.get(k) != saved.get(k))
             if changed:
                 raise GenreclsError(f"{run.path} holds an unfinished {kind} with other settings "
                                     f"({', '.join(changed)}); pass --overwrite or another --out")

@@ -8,6 +8,7 @@ validation), marks the run finished and evaluates it (`report`).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -25,6 +26,7 @@ from genrecls.components import MaskedMemberLoss, MemberEarlyStopping, MemberLos
 from genrecls.config import TrainConfig, parse_shard
 from genrecls.errors import GenreclsError
 from genrecls.datasets import PosterTable
+from genrecls.distribute import agree, all_ok, get_strategy, scratch_folder, task
 from genrecls.labels import Split, class_weights, oversample, ova_subset, positive_weights, undersample
 from genrecls.models import (build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone,
                              optimizer, steps)
@@ -57,8 +59,11 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     """
     work.mkdir(parents=True, exist_ok=True)
     history = work / f"{name}.history.csv"
+    backup = work / "backup" / name
+    # under multiworker every worker must resume at the same epoch, or the ones ahead wait for the others
+    agree(tf.distribute.get_strategy(), backed_up_epoch(backup), f"the epoch the {name} fit resumes at")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work / "backup" / name)),
+        keras.callbacks.BackupAndRestore(str(backup)),
         stopping or keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history), append=True),
@@ -72,6 +77,14 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
               class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
     return pd.read_csv(history) if history.exists() else pd.DataFrame()
+
+
+def backed_up_epoch(backup: Path) -> int:
+    """The epoch a BackupAndRestore folder resumes at (-1: none, or unreadable)."""
+    try:
+        return int(json.loads((backup / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def imbalance_weights(cfg: TrainConfig, mode: Mode, targets: np.ndarray, strata: np.ndarray):
@@ -138,22 +151,60 @@ class Trainer:
         self.out, self.overwrite = out, overwrite
 
     def run(self, table: PosterTable | None = None) -> RunFolder:
+        """Train into the run folder and return it; a non-chief worker returns None (the chief writes the run)."""
         cfg = self.cfg
         started = time.time()
-        keras.utils.set_random_seed(cfg.seed)
+        # The strategy first: a bad TF_CONFIG fails before any work, and collectives start before other ops.
+        strategy, self.task = get_strategy(cfg.distribute), task(cfg.distribute)
+        keras.utils.set_random_seed(cfg.seed)  # in every worker: identical initial weights
         # Mistakes in the data, the weights or the cache path fail here, before any folder is claimed.
         data = prepare_data(cfg, table)
         check_cache(cfg.cache)
-        backbone, trainable = new_backbone(cfg)
-        self.folder = folder = RunFolder.claim(self.out, cfg, self.overwrite, kind="shard" if cfg.shard else "run",
-                                               versions=versions())
-        try:
-            return self._run(folder, data, backbone, trainable, started)
-        except GenreclsError:
-            folder.release()  # a run that failed before its first epoch leaves nothing to --overwrite
-            raise
+        with strategy.scope():  # every model, and every variable, of the run lives in the strategy
+            backbone, trainable = new_backbone(cfg)
+            if cfg.distribute == "multiworker" and self.mode.members and \
+                    trainable in ("all", "partial") and cfg.trunk != "shared":
+                # each member is a network of its own (report 002): they need no collectives, and under
+                # MultiWorkerMirroredStrategy such a member's fit fails in Keras (README, Distributed training)
+                raise GenreclsError("OvA members that each train their own backbone spread over machines with "
+                                    "--shard I/N and 'genrecls combine', not --distribute multiworker (or pass "
+                                    "--trunk shared to train one trunk together)")
+            self.folder = folder = self._claim(strategy)
+            try:
+                self._run(folder, data, backbone, trainable, started)
+            except GenreclsError:
+                folder.release()  # a run that failed before its first epoch leaves nothing to --overwrite
+                raise
+        if self.task.chief:
+            if not cfg.shard:
+                print(f"\nrun written to {folder}", flush=True)
+            return folder
+        shutil.rmtree(folder.path)  # the scratch folder this worker claimed
+        print(f"\nworker {self.task.index} finished; the chief wrote the run", flush=True)
+        return None
 
-    def _run(self, folder: RunFolder, data: PreparedData, backbone, trainable, started: float) -> RunFolder:
+    def _claim(self, strategy) -> RunFolder:
+        """The chief claims the run folder; another worker claims its own scratch folder instead.
+
+        A worker whose claim fails still tells the others, so all of them stop
+        (one that went on would wait for it in the first collective for ever).
+        """
+        out, overwrite = self.out, self.overwrite
+        if not self.task.chief:
+            out = scratch_folder(self.out, self.task.index)
+            overwrite = overwrite or RunFolder(out).finished  # left by a worker killed as it finished
+        try:
+            folder = RunFolder.claim(out, self.cfg, overwrite, kind="shard" if self.cfg.shard else "run", versions=versions())
+        except GenreclsError:
+            all_ok(strategy, False)
+            raise
+        if not all_ok(strategy, True):
+            folder.release()
+            raise GenreclsError("another worker could not start the run (its error says why); "
+                                "fix it and restart every worker")
+        return folder
+
+    def _run(self, folder: RunFolder, data: PreparedData, backbone, trainable, started: float) -> None:
         cfg = self.cfg
         folder.save_vocab(data.vocab)
         folder.save_split(data.split_ids())
@@ -177,14 +228,12 @@ class Trainer:
             folder.mark_finished(time.time() - started)
             print(f"\nshard {cfg.shard} written to {folder}; once every shard is trained, join them with "
                   "'genrecls combine OUT SHARD_RUN...'", flush=True)
-            return folder
+            return
         scale, bias = self._calibration(on_features or model, self.inputs, data, self.split, bias)
         final = calibrated(model, scale, bias, self.mode.activation)
         folder.save_model(final, members=self.mode.members)
         folder.clean_backups()
         folder.mark_finished(time.time() - started)
-        print(f"\nrun written to {folder}", flush=True)
-        return folder
 
     # ------------------------------------------------------------ calibration
 
@@ -244,6 +293,7 @@ class Trainer:
         cfg, path = self.cfg, self.folder.trunk_path
         if not path.exists() and self.trunk_from:
             shutil.copyfile(self.trunk_from, path)
+        agree(tf.distribute.get_strategy(), path.exists(), "whether the shared trunk is trained")
         if path.exists():
             print(f"shared trunk already trained, loading {path.name}", flush=True)
             trunk = load_keras(path)
@@ -273,6 +323,8 @@ class Trainer:
         sets = [member_sets(cfg, T, split.train, split.val, j) for j in range(len(genres))]
         mine = shard_members(cfg, len(genres))
         todo = [j for j in mine if not folder.member_path(j, genres[j]).exists()]
+        # under multiworker every worker must train the same members, or one waits for the others for ever
+        agree(tf.distribute.get_strategy(), sum(1 << j for j in todo), "which members are left to train")
         for j in sorted(set(mine) - set(todo)):  # finished before an interruption
             print(f"[{j + 1}/{len(genres)}] {genres[j]}: already trained, loading it", flush=True)
         trained = self._fit_members(todo, genres, T, sets, backbone, inputs) if todo and self._one_fit(inputs) else {}
@@ -379,7 +431,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, tab
     trunk settings, data and seed are the same, to skip stage 1 (the quality benchmark's rows).
     """
     folder = Trainer(cfg, out, overwrite, callbacks, trunk_from).run(table)
-    if not evaluate or cfg.shard:  # a shard is evaluated once combined
+    if not evaluate or cfg.shard or folder is None:  # a shard is evaluated once combined; None: not the chief
         return None
     from genrecls.report import evaluate_run
 
@@ -428,7 +480,7 @@ def combine_shards(out: str | os.PathLike, shard_runs: list, overwrite: bool = F
                             "of different trunks cannot be combined; train the shards where stage 1 gives the same "
                             "trunk (same seed, machine type and library versions) or the whole run on one machine")
 
-    cfg = TrainConfig.from_json({**base, "shard": None, **({"data": data} if data else {})})
+    cfg = TrainConfig.from_json({**base, "shard": None, "distribute": "none", **({"data": data} if data else {})})
     prepared = prepare_data(cfg)
     if prepared.vocab.names != genres or prepared.split_ids() != split:
         raise GenreclsError(f"{cfg.data} gives other genres or another split than the shards were trained on; "

@@ -13,6 +13,7 @@ KERASTUNER_ORACLE_PORT and run the same command in every process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -27,6 +28,7 @@ import pandas as pd
 from keras_tuner.src import config as kt_config
 
 from genrecls.config import TrainConfig
+from genrecls.distribute import get_strategy, sync_batch_norm
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
 from genrecls.models import build_model, compile_model, new_backbone
@@ -213,6 +215,7 @@ class GenreHyperModel(kt.HyperModel):
         if self.feature_dim is not None:
             model = build_head(self.feature_dim, self.outputs, self.mode.activation, s["head"], s["dropout"],
                                text_branch=branch)
+            sync_batch_norm(model)
         else:
             model = build_model(self.cfg, self.outputs, self.mode.activation, head=s["head"], dropout=s["dropout"],
                                 backbone=new_backbone(self.cfg, s["fine_tune_last"]), text=branch).full
@@ -253,7 +256,8 @@ class SharedOvARandomSearch(TrialLog, kt.RandomSearch):
         for _ in range(self.executions_per_trial):
             for train_ds, val_ds, weights in member_data:
                 keras.backend.clear_session()  # keep memory flat across members and trials
-                model = self.hypermodel.build(trial.hyperparameters)
+                with self.distribution_strategy.scope() if self.distribution_strategy else contextlib.nullcontext():
+                    model = self.hypermodel.build(trial.hyperparameters)
                 histories.append(model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
                                            callbacks=callbacks, shuffle=False, verbose=verbose))
         return histories
@@ -264,9 +268,10 @@ def is_worker() -> bool:
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
 
 
-def _tuner(cls, hypermodel, objective, algorithm, max_trials, executions, epochs, directory, project, overwrite, seed):
+def _tuner(cls, hypermodel, objective, algorithm, max_trials, executions, epochs, directory, project, overwrite, seed,
+           strategy=None):
     common = dict(objective=objective, directory=str(directory), project_name=project, overwrite=overwrite,
-                  seed=seed, max_consecutive_failed_trials=MAX_FAILED_IN_A_ROW)
+                  seed=seed, max_consecutive_failed_trials=MAX_FAILED_IN_A_ROW, distribution_strategy=strategy)
     project_dir = Path(directory) / project
     resuming = not overwrite and (project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json").exists()
     try:
@@ -314,6 +319,12 @@ def tune(
         raise GenreclsError("--max-trials and --executions-per-trial must be at least 1")
     if cfg.freeze_until is not None:
         raise GenreclsError("tune searches the trainable layers as fine_tune_last; drop --freeze-until")
+    if cfg.distribute == "multiworker":
+        raise GenreclsError("tune does not run under --distribute multiworker: spread the trials over machines with "
+                            "keras-tuner's distributed search (KERASTUNER_* variables, see the README), and use "
+                            "--distribute mirrored for the GPUs of each machine")
+    # every trial's model is built in the strategy's scope (keras-tuner's distribution_strategy)
+    strategy = get_strategy(cfg.distribute) if cfg.distribute != "none" else None
     space = space or default_space(cfg)
     check_space(space)
     if is_worker():  # the chief claims the folder; workers only add trials to it
@@ -356,7 +367,7 @@ def tune(
         pos_weight, weights = imbalance_weights(cfg, mode, T[train_idx], data.strata[train_idx])
         model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight, text)
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
-                       cfg.epochs, directory, "search", overwrite, cfg.seed)
+                       cfg.epochs, directory, "search", overwrite, cfg.seed, strategy)
         tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
                                validation_data=inputs.dataset(val_idx, T[val_idx], False),
                                epochs=cfg.epochs, callbacks=stop, class_weight=weights, shuffle=False, verbose=0)
@@ -369,13 +380,13 @@ def tune(
         model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim, text=text)
         if ova_scope == "shared":
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
-                           cfg.epochs, directory, "shared", overwrite, cfg.seed)
+                           cfg.epochs, directory, "shared", overwrite, cfg.seed, strategy)
             tuners["all"] = search(tuner, [m[1:] for m in members], epochs=cfg.epochs, callbacks=stop)
         else:
             for j, (genre, train_ds, val_ds, weights) in enumerate(members):
                 print(f"[{j + 1}/{len(members)}] searching the {genre} member", flush=True)
                 tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
-                               cfg.epochs, directory, member_slug(j, genre), overwrite, cfg.seed + j)
+                               cfg.epochs, directory, member_slug(j, genre), overwrite, cfg.seed + j, strategy)
                 tuners[genre] = search(tuner, train_ds, validation_data=val_ds, epochs=cfg.epochs,
                                        callbacks=stop, class_weight=weights, shuffle=False, verbose=0)
     if is_worker():
