@@ -42,7 +42,7 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
 
     sections = written["sections"]
     assert set(sections["input_pipeline"]["measurements"]["posters_per_second"]) == {
-        "pipeline", "pil_numpy", "decode_only"}
+        "pipeline", "pipeline_checking_files", "pil_numpy", "decode_only"}
     assert len(sections["input_pipeline"]["checks"]) == 2
     assert "input_wait_share" in sections["training_throughput"]["measurements"]["backbones"]["simple"]
     ova = sections["ova_cost"]["measurements"]
