@@ -173,29 +173,133 @@ class MemberLoss(keras.metrics.Metric):
 class MemberAdam(keras.optimizers.Adam):
     """Adam whose learning rate is scaled per group of variables (an OvA member's own rate in one fit).
 
-    rate_factors: [(variables, factor)]; other variables keep factor 1. A factor scales the learning
-    rate (and a schedule's every value) of exactly those variables, as a fit of that member alone would.
+    rate_factors: [(variables, factor)]; other variables keep factor 1. A factor is a number, or an
+    array that broadcasts against the variable (one value per member of a stack, `MemberWeights`).
+    It scales the learning rate (and a schedule's every value) of exactly those variables, or those
+    slices, as a fit of that member alone would: Adam's update is elementwise.
     """
 
     def __init__(self, rate_factors=(), **kwargs):
         super().__init__(**kwargs)
-        self._factor_of = {id(v): float(f) for variables, f in rate_factors for v in variables}
+        self._factor_of = {id(v): np.asarray(f, "float32") for variables, f in rate_factors for v in variables}
         self._rate_factors = ()
 
     def build(self, variables):
         if not self.built:
-            self._rate_factors = tuple(self._factor_of.get(id(v), 1.0) for v in variables)
+            self._rate_factors = tuple(self._factor_of.get(id(v)) for v in variables)
         super().build(variables)
 
     def update_step(self, gradient, variable, learning_rate):
         factor = self._rate_factors[self._get_variable_index(variable)]
-        return super().update_step(gradient, variable, learning_rate if factor == 1.0 else learning_rate * factor)
+        return super().update_step(gradient, variable, learning_rate if factor is None else learning_rate * factor)
+
+
+@keras.saving.register_keras_serializable(package="genrecls")
+class StackedDense(layers.Layer):
+    """K dense layers side by side, one per OvA member: member k's kernel is kernel[k].
+
+    Reads (N, d), the features every member shares, or (N, K * d) with `stacked_input`, the previous
+    stacked layer's output (member k's d values at k * d); gives (N, K * units), member-major. Stacked
+    heads compute exactly what K separate Dense layers would, but a fit traces one matmul and one
+    Adam update per layer instead of K, so its graph does not grow with the number of members.
+    """
+
+    def __init__(self, members: int, units: int, activation=None, stacked_input: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.members, self.units, self.stacked_input = int(members), int(units), bool(stacked_input)
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        d = input_shape[-1] // self.members if self.stacked_input else input_shape[-1]
+        self.kernel = self.add_weight(shape=(self.members, d, self.units), initializer="glorot_uniform", name="kernel")
+        self.bias = self.add_weight(shape=(self.members, self.units), initializer="zeros", name="bias")
+
+    def call(self, x):
+        if self.stacked_input:
+            x = ops.reshape(x, (-1, self.members, self.kernel.shape[1]))
+            y = ops.einsum("nkd,kdu->nku", x, self.kernel)
+        else:
+            y = ops.einsum("nd,kdu->nku", x, self.kernel)
+        return ops.reshape(self.activation(y + self.bias), (-1, self.members * self.units))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.members * self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "members": self.members, "units": self.units,
+                "activation": keras.activations.serialize(self.activation), "stacked_input": self.stacked_input}
+
+
+class MemberWeights:
+    """Each OvA member's weights inside a one-fit model, by member name: a head of its own, or a slice of a
+    stack of heads (`models.stack_heads`, where every weight holds the members' weights member-major).
+
+    get / set read and write members' weights in the layout of the member's own head (its get_weights()),
+    so early stopping can keep each member's best epoch and the fitted members can be saved as heads.
+    """
+
+    def __init__(self):
+        self.groups = []  # (model, member names, the member head's weight shapes, or None: the model is the head)
+
+    @classmethod
+    def of_heads(cls, heads: dict) -> "MemberWeights":
+        members = cls()
+        for name, head in heads.items():
+            members.add(head, [name])
+        return members
+
+    def add(self, model, names: list, shapes=None) -> None:
+        self.groups.append((model, list(names), shapes))
+
+    @property
+    def names(self) -> list:
+        return [name for _, names, _ in self.groups for name in names]
+
+    def get(self, names) -> dict:
+        out = {}
+        for model, members, shapes in self.groups:
+            wanted = [n for n in members if n in names]
+            weights = model.get_weights() if wanted else []
+            for n in wanted:
+                k = members.index(n)
+                out[n] = weights if shapes is None else [
+                    w.reshape(len(members), -1)[k].reshape(s) for w, s in zip(weights, shapes)]
+        return out
+
+    def set(self, values: dict) -> None:
+        for model, members, shapes in self.groups:
+            wanted = [n for n in members if n in values]
+            if not wanted:
+                continue
+            if shapes is None:
+                model.set_weights(values[wanted[0]])
+                continue
+            weights = model.get_weights()
+            for n in wanted:
+                for w, v in zip(weights, values[n]):
+                    w.reshape(len(members), -1)[members.index(n)] = np.reshape(v, -1)
+            model.set_weights(weights)
+
+    def rate_factors(self, factors: dict) -> list:
+        """[(variables, factor)] for MemberAdam: `factors` {member name: learning-rate factor}."""
+        out = []
+        for model, members, shapes in self.groups:
+            if not any(n in factors for n in members):
+                continue
+            per_member = np.array([factors.get(n, 1.0) for n in members], "float32")
+            if shapes is None:
+                out.append((model.trainable_variables, float(per_member[0])))
+                continue
+            for v in model.trainable_variables:  # broadcast over each variable's member-major layout
+                rows = np.repeat(per_member, v.shape[0] // len(members))
+                out.append(([v], rows.reshape((-1,) + (1,) * (len(v.shape) - 1))))
+        return out
 
 
 class MemberEarlyStopping(keras.callbacks.Callback):
     """Early stopping per member of a one-fit OvA model, each member's best epoch restored.
 
-    heads: {the name of a member's loss metric: its head}. Like Keras EarlyStopping on each member's
+    members: MemberWeights named by each member's loss metric. Like Keras EarlyStopping on each member's
     own validation loss (`val_<name>`): a member that has waited `patience` epochs without improving
     stops counting (its best epoch is final, however long the others train); the fit stops when every
     member has; at the end each head gets back the weights of its own best epoch. The state and the
@@ -204,31 +308,34 @@ class MemberEarlyStopping(keras.callbacks.Callback):
     counted (None: it never ran out of patience).
     """
 
-    def __init__(self, heads: dict, patience: int, state_dir):
+    def __init__(self, members: MemberWeights, patience: int, state_dir):
         super().__init__()
-        self.heads, self.patience, self.state_dir = heads, patience, Path(state_dir)
+        self.members, self.patience, self.state_dir = members, patience, Path(state_dir)
 
     def on_train_begin(self, logs=None):
         saved = self.state_dir / "state.json"
+        names = self.members.names
         self.state = json.loads(saved.read_text()) if saved.exists() else {
-            name: {"best": math.inf, "best_epoch": None, "wait": 0, "stopped": None} for name in self.heads}
-        self.best = {name: self._load(name) for name in self.heads if self.state[name]["best_epoch"] is not None}
+            name: {"best": math.inf, "best_epoch": None, "wait": 0, "stopped": None} for name in names}
+        self.best = {name: self._load(name) for name in names if self.state[name]["best_epoch"] is not None}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for name, head in self.heads.items():
-            s = self.state[name]
+        improved = []
+        for name, s in self.state.items():
             if s["stopped"] is not None:
                 continue
             current = logs.get(f"val_{name}", math.nan)
             s["wait"] += 1
             if current < s["best"] or s["best_epoch"] is None:
                 s.update(best=float(current), best_epoch=epoch, wait=0)
-                self.best[name] = head.get_weights()
-                np.savez(self.state_dir / f"{name}.npz", *self.best[name])
+                improved.append(name)
             elif s["wait"] >= self.patience and epoch > 0:
                 s["stopped"] = epoch
+        for name, weights in self.members.get(improved).items():
+            self.best[name] = weights
+            np.savez(self.state_dir / f"{name}.npz", *weights)
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.state_dir / "state.json")
@@ -236,8 +343,7 @@ class MemberEarlyStopping(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        for name, weights in self.best.items():
-            self.heads[name].set_weights(weights)
+        self.members.set(self.best)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _load(self, name: str) -> list:

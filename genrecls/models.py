@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from genrecls.backbones import build_backbone, set_trainable
-from genrecls.components import Calibration, MemberAdam
+from genrecls.components import Calibration, MemberAdam, MemberWeights, StackedDense
 from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.distribute import sync_batch_norm
 from genrecls.heads import build_head
@@ -128,6 +128,68 @@ def combine_heads(heads: list) -> keras.Model:
     """Features (+ text) -> a probability per genre, from OvA member heads."""
     inputs = fresh_inputs(heads[0])
     return keras.Model(inputs, _concatenate([h(inputs) for h in heads]), name="ova_heads")
+
+
+def _stack_signature(head: keras.Model):
+    """A head's input width and layers as (kind, settings), or None where a stack cannot hold it:
+    a text branch, or anything but Dense first and Dense, batch normalization or dropout after."""
+    if isinstance(head.input, dict):
+        return None
+    plan = []
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.layers.Dense) and layer.use_bias:
+            plan.append(("dense", layer.units, keras.activations.serialize(layer.activation)))
+        elif isinstance(layer, keras.layers.BatchNormalization) and plan and layer.center and layer.scale:
+            plan.append(("batch_norm", layer.momentum, layer.epsilon))
+        elif isinstance(layer, keras.layers.Dropout) and plan:
+            plan.append(("dropout", layer.rate))
+        else:
+            return None
+    return (head.input.shape[-1], tuple(plan))
+
+
+def stack_heads(heads: list, name: str = "stack") -> keras.Model:
+    """Heads of one architecture (`_stack_signature`) as one model: features -> (N, K), member k's
+    weights in slice k of every weight (StackedDense; batch normalization on the member-major
+    layout keeps per-member statistics), starting from the heads' own weights."""
+    features, plan = _stack_signature(heads[0])
+    k = len(heads)
+    x = inputs = keras.Input((features,), name="features")
+    for i, (kind, *settings) in enumerate(plan):
+        if kind == "dense":
+            x = StackedDense(k, *settings, stacked_input=i > 0, name=f"{name}_dense_{i}")(x)
+        elif kind == "batch_norm":
+            x = keras.layers.BatchNormalization(momentum=settings[0], epsilon=settings[1], name=f"{name}_bn_{i}")(x)
+        else:
+            x = keras.layers.Dropout(settings[0], name=f"{name}_dropout_{i}")(x)
+    stack = keras.Model(inputs, x, name=name)
+    sync_batch_norm(stack)
+    stack.set_weights([np.stack(ws).reshape(v.shape) for ws, v in
+                       zip(zip(*(h.get_weights() for h in heads)), stack.weights, strict=True)])
+    return stack
+
+
+def one_fit_model(heads: dict) -> tuple[keras.Model, MemberWeights]:
+    """{member name: head} -> (one model, features (+ text) -> one probability per member; where each
+    member's weights are in it). Heads of one architecture are stacked (`stack_heads`), so the fit's
+    graph does not grow with their number; heads a stack cannot hold (text branches) stay as they are.
+    The model's columns follow `MemberWeights.names`."""
+    groups = {}
+    for member, head in heads.items():
+        groups.setdefault(_stack_signature(head) or ("alone", member), []).append(member)
+    inputs = fresh_inputs(next(iter(heads.values())))
+    members, outputs = MemberWeights(), []
+    for key, names in groups.items():
+        if key[0] == "alone":
+            model = heads[names[0]]
+            members.add(model, names)
+        else:
+            model = stack_heads([heads[n] for n in names], name=f"stack_{len(outputs)}")
+            members.add(model, names, [w.shape for w in heads[names[0]].get_weights()])
+        outputs.append(model(inputs))
+    return keras.Model(inputs, _concatenate(outputs), name="ova_one_fit"), members
 
 
 def combine_members(members: list, backbone: keras.Model | None) -> keras.Model:

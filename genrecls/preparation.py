@@ -197,7 +197,7 @@ def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, part: str
     progress = progress_bar(len(idx), f"predicting {len(idx)} {part + ' ' if part else ''}posters", inputs.cfg.verbose)
     batches = []
     for x, rows in inputs.dataset(idx, idx.astype("int64"), training=False):
-        batches.append((model(x, training=False).numpy(), rows.numpy()))
+        batches.append((np.asarray(model.predict_on_batch(x)), rows.numpy()))  # traced once, not run eagerly
         progress.add(len(batches[-1][1]))
     if not batches:
         return np.zeros((0, model.output_shape[-1]), "float32"), np.zeros(0, "int64")

@@ -29,7 +29,7 @@ from genrecls.datasets import PosterTable
 from genrecls.distribute import agree, all_ok, get_strategy, scratch_folder, task
 from genrecls.labels import Split, class_weights, oversample, ova_subset, positive_weights, undersample
 from genrecls.models import (build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone,
-                             optimizer, steps)
+                             one_fit_model, optimizer, steps)
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, cached_features, predict_split, prepare_data
 from genrecls.runs import RunFolder, damaged, load_keras, member_slug, save_keras
@@ -377,7 +377,8 @@ class Trainer:
     def _fit_members(self, todo, genres, T, sets, backbone, inputs) -> dict:
         """The members `todo` as K heads of one model, fitted at once; saved, and returned by index.
 
-        Each head is the one its own fit would build (same seed and overrides); the loss is masked
+        Heads of one architecture are fitted as one stack (models.one_fit_model), so the traced train
+        step does not grow with their number. Each head is the one its own fit would build (same seed and overrides); the loss is masked
         per member (components.MaskedMemberLoss, weights from `member_weights`: class_weight folded
         in), each head has its own learning rate (MemberAdam), early stopping and best epoch
         (MemberEarlyStopping), so each member is the model its own fit would give, up to batch
@@ -386,23 +387,27 @@ class Trainer:
         cfg, folder = self.cfg, self.folder
         print(f"training the {', '.join(genres[j] for j in todo)} member{'s' * (len(todo) > 1)} in one fit", flush=True)
         heads = {j: self._member_model(j, genres[j], backbone).head for j in todo}
+        names = {j: f"loss_{j:02d}" for j in todo}
+        model, members = one_fit_model({names[j]: heads[j] for j in todo})
+        member_of = {name: j for j, name in names.items()}
+        order = [member_of[name] for name in members.names]  # the model's columns: a stack holds a group of members
         keras.utils.set_random_seed(cfg.seed)  # the batches' order does not depend on the members fitted
         row_weights = [np.array([w[int(v)] for v in y]) if w else np.ones(len(y)) for _, y, _, _, w in sets]
-        train_rows, w_train = member_weights([(s[0], w) for s, w in zip(sets, row_weights)], todo)
-        val_rows, w_val = member_weights([(s[2], np.ones(len(s[2]))) for s in sets], todo)
-        model = combine_heads([heads[j] for j in todo])
-        names = {j: f"loss_{j:02d}" for j in todo}
+        train_rows, w_train = member_weights([(s[0], w) for s, w in zip(sets, row_weights)], order)
+        val_rows, w_val = member_weights([(s[2], np.ones(len(s[2]))) for s in sets], order)
         masked = MaskedMemberLoss(MEMBER.loss(cfg.loss, None, cfg.label_smoothing))
         own = {j: (cfg.member_overrides or {}).get(genres[j], {}) for j in todo}
-        rates = [(heads[j].trainable_variables, own[j]["learning_rate"] / cfg.learning_rate)
-                 for j in todo if "learning_rate" in own[j]]
+        rates = members.rate_factors({names[j]: own[j]["learning_rate"] / cfg.learning_rate
+                                      for j in todo if "learning_rate" in own[j]})
         model.compile(optimizer=optimizer(cfg, steps_per_epoch=steps(len(train_rows), cfg.batch_size), rate_factors=rates),
-                      loss=masked, metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(todo)])
-        stopping = MemberEarlyStopping({names[j]: heads[j] for j in todo}, cfg.patience,
-                                       folder.checkpoints / "backup" / "ova.members")
-        history = fit(model, inputs.dataset(train_rows, T[train_rows][:, todo], True, w_train),
-                      inputs.dataset(val_rows, T[val_rows][:, todo], False, w_val),
+                      loss=masked, metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(order)])
+        stopping = MemberEarlyStopping(members, cfg.patience, folder.checkpoints / "backup" / "ova.members")
+        history = fit(model, inputs.dataset(train_rows, T[train_rows][:, order], True, w_train),
+                      inputs.dataset(val_rows, T[val_rows][:, order], False, w_val),
                       cfg, folder.checkpoints, "ova", None, self.callbacks, stopping)
+        fitted = members.get(set(names.values()))  # the best epochs (MemberEarlyStopping restored them)
+        for j in todo:
+            heads[j].set_weights(fitted[names[j]])
         history = history.drop_duplicates("epoch", keep="last")  # an epoch repeated after a resume
         for j in todo:  # each member's own history: the epochs it counted, as its own fit would have run
             stopped = stopping.state[names[j]]["stopped"]

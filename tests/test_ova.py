@@ -13,8 +13,10 @@ import pytest
 import tensorflow as tf
 
 from genrecls.cli import main
-from genrecls.components import MaskedMemberLoss, MemberAdam, MemberEarlyStopping, MemberLoss
+from genrecls.components import MaskedMemberLoss, MemberAdam, MemberEarlyStopping, MemberLoss, MemberWeights
 from genrecls.errors import GenreclsError
+from genrecls.heads import build_head
+from genrecls.models import combine_heads, one_fit_model
 from genrecls.pipeline import make_dataset
 from genrecls.runs import RunFolder
 from genrecls.training import Trainer, combine_shards, member_weights, train
@@ -75,6 +77,50 @@ def test_member_adam_scales_the_rate_of_its_members_variables_only():
     np.testing.assert_allclose(1 - b.numpy(), [0.3, -0.3], rtol=1e-4)
 
 
+def test_member_adam_scales_each_members_slice_of_a_stacked_variable():
+    stacked = keras.Variable(np.ones((2, 3), "float32"))  # two members' rows
+    optimizer = MemberAdam([([stacked], np.array([[1.0], [3.0]]))], learning_rate=0.1)
+    optimizer.apply([tf.ones((2, 3))], [stacked])
+    np.testing.assert_allclose(1 - stacked.numpy(), [[0.1] * 3, [0.3] * 3], rtol=1e-4)
+
+
+def _heads(widths: dict, features: int = 6) -> dict:
+    heads = {}
+    for j, (name, units) in enumerate(widths.items()):
+        keras.utils.set_random_seed(j)
+        heads[name] = build_head(features, 1, "sigmoid", units, 0.0, name=f"head_{j}")
+    return heads
+
+
+def test_stacked_heads_train_exactly_as_separate_heads_in_one_fit():
+    widths = {"a": (5, 4), "b": (5, 4), "c": (3,), "d": (5, 4)}
+    heads, reference = _heads(widths), _heads(widths)  # the same seeds: the same starting weights
+    stacked, members = one_fit_model(heads)
+    assert members.names == ["a", "b", "d", "c"] and len(members.groups) == 2  # one stack per architecture
+    separate = combine_heads([reference[n] for n in members.names])  # one fit of separate heads
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype("float32")
+    y = (rng.random((40, 4)) < 0.4).astype("float32")
+    w = (rng.random((40, 4)) < 0.7).astype("float32") * rng.integers(1, 3, (40, 4))  # masked and duplicated rows
+    start = {n: h.get_weights() for n, h in heads.items()}
+    for model, rates in ((stacked, members.rate_factors({"b": 3.0})), (separate, [(reference["b"].trainable_variables, 3.0)])):
+        model.compile(optimizer=MemberAdam(rates, learning_rate=0.01), loss=MaskedMemberLoss(keras.losses.BinaryCrossentropy()))
+        model.fit(x, y, sample_weight=w, epochs=3, batch_size=8, shuffle=False, verbose=0)
+    np.testing.assert_allclose(stacked.predict(x, verbose=0), separate.predict(x, verbose=0), atol=1e-5)
+    fitted = members.get(members.names)
+    for name in members.names:  # every weight, batch-norm statistics included, in the member head's own layout
+        assert max(np.abs(f - s).max() for f, s in zip(fitted[name], start[name])) > 1e-3
+        for f, r in zip(fitted[name], reference[name].get_weights()):
+            np.testing.assert_allclose(f, r, atol=1e-5)
+
+    members.set({"b": [np.zeros_like(v) for v in fitted["b"]]})  # writes b's slices, and only them
+    after = members.get(members.names)
+    assert all(not v.any() for v in after["b"])
+    for name in ("a", "d", "c"):
+        for f, r in zip(after[name], fitted[name]):
+            np.testing.assert_array_equal(f, r)
+
+
 def test_each_member_stops_and_restores_its_own_best_epoch_and_resumes(tmp_path):
     heads = {f"loss_{j:02d}": keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]) for j in range(2)}
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
@@ -83,7 +129,7 @@ def test_each_member_stops_and_restores_its_own_best_epoch_and_resumes(tmp_path)
     val = {"loss_00": [0.9, 0.5, 0.6, 0.7, 0.4, 0.3, 0.2], "loss_01": [0.9, 0.8, 0.7, 0.6, 0.5, 0.6, 0.7]}
 
     def callback():
-        stopping = MemberEarlyStopping(heads, patience=2, state_dir=tmp_path / "state")
+        stopping = MemberEarlyStopping(MemberWeights.of_heads(heads), patience=2, state_dir=tmp_path / "state")
         stopping.set_model(model)
         stopping.on_train_begin()
         return stopping
