@@ -331,8 +331,9 @@ TRAINING_OPTIONS = {
         ("--trunk", "with a trainable backbone: end-to-end (OvA: one network per genre, report 002) or shared "
          "(the backbone trained on all genres first, then frozen; the head, each OvA member and the text branch "
          "are fitted on its cached features)", {"choices": "TRUNKS"}),
-        ("--ova-fit", "OvA members on cached features or texts: one fit each (members) or all in one multi-output "
-         "fit (one: about 2x faster, lower macro F1 on ml1m)", {"choices": "OVA_FITS"}),
+        ("--ova-fit", "OvA members on cached features: all in one fit (one: each member still learns exactly as "
+         "alone, several times faster) or one fit each (members; always so with text, soft-f1 or a schedule)",
+         {"choices": "OVA_FITS"}),
     ],
     "model": [
         ("--backbone", "feature extractor; none: a text-only model (needs --text)", {"choices": "BACKBONE_CHOICES"}),

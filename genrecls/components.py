@@ -114,19 +114,24 @@ class SoftF1(keras.losses.Loss):
 
 # ------------------------------------------------- OvA members fitted as heads of one model
 #
-# With cached features every OvA member is a small head, so all of them train in one Keras fit: a model
-# whose K heads' outputs are concatenated to (N, K), fed the union of the members' balanced sets. Row i
-# weighs on member j only as often as it is in j's set (sample weight (N, K), 0 elsewhere), so each member
-# still learns from exactly its own set; the heads share no weights, so each gets the gradients it would
-# get alone. The pieces below are used while fitting only and never saved (a member is saved as its head).
+# With cached features every OvA member is a small head, so all of them train in one Keras fit. The heads
+# of one architecture are stacked: every weight gets a leading member axis (StackedDense, StackedBatchNorm),
+# so the traced step does not grow with the number of members. Each step holds every member's own next
+# batch side by side: features (B, K, d), a mask (B, K) that marks the slots holding a row, labels and
+# sample weights (B, K). Member k's batches are those its own fit would draw, in the same order; its loss is
+# its own batch's mean (MaskedMemberLoss), its batch-norm statistics are its own rows' and its Adam step
+# counts only the steps where it has rows (MemberAdam, told by OneFitModel). So each member is the model its
+# own fit would give, up to float rounding and dropout's random draws. The pieces below are used while
+# fitting only and never saved (a member is saved as its own head).
 
 
 class MaskedMemberLoss(keras.losses.Loss):
     """Per-member binary loss of a one-fit OvA model, masked by an (N, K) sample weight.
 
     `base` is a member's elementwise loss (Keras BinaryCrossentropy or BinaryFocalCrossentropy);
-    each element's loss is divided by the batch size and the weighted values are summed, so each
-    member's term is its weighted mean over the batch, whatever the other members do.
+    each element's loss is divided by the batch size N and the weighted values are summed. The
+    batches (preparation.Inputs.member_batches) scale a member's weights by N / (its rows in the
+    batch), so each member's term is the mean over its own batch that its own fit would minimise.
     """
 
     def __init__(self, base, name="masked_member_loss", **kwargs):
@@ -145,8 +150,8 @@ class MaskedMemberLoss(keras.losses.Loss):
 class MemberLoss(keras.metrics.Metric):
     """One member's mean loss over its own rows (weighted by the sample weight of its column).
 
-    As a validation metric it is exactly the loss that member's own fit would report, which is
-    what its early stopping watches.
+    As a validation metric (weights 1 on its rows) it is exactly the loss that member's own fit
+    would report, which is what its early stopping watches.
     """
 
     def __init__(self, loss: MaskedMemberLoss, column: int, name: str, **kwargs):
@@ -170,86 +175,159 @@ class MemberLoss(keras.metrics.Metric):
         self.weight.assign(0.0)
 
 
+def _per_member(values, variable):
+    """A (K,) vector shaped to broadcast over a stacked variable (K, ...)."""
+    return ops.reshape(values, (-1,) + (1,) * (len(variable.shape) - 1))
+
+
 class MemberAdam(keras.optimizers.Adam):
-    """Adam whose learning rate is scaled per group of variables (an OvA member's own rate in one fit).
+    """Adam with a learning-rate factor per group of variables, and per-member steps for stacked ones.
 
     rate_factors: [(variables, factor)]; other variables keep factor 1. A factor is a number, or an
     array that broadcasts against the variable (one value per member of a stack, `MemberWeights`).
-    It scales the learning rate (and a schedule's every value) of exactly those variables, or those
-    slices, as a fit of that member alone would: Adam's update is elementwise.
+    stacked: {id(variable): (a, b)}: the variable's leading axis holds members a..b-1 of the one-fit
+    model. Such a variable's slices move only when their member has rows in the step
+    (`member_active`, set by OneFitModel), and each slice's bias correction counts its member's own
+    steps (`member_steps`), as Adam in that member's own fit would: a member whose set ends early in
+    an epoch waits, untouched, while the others finish theirs.
     """
 
-    def __init__(self, rate_factors=(), **kwargs):
+    def __init__(self, rate_factors=(), stacked=None, members: int = 0, **kwargs):
         super().__init__(**kwargs)
         self._factor_of = {id(v): np.asarray(f, "float32") for variables, f in rate_factors for v in variables}
-        self._rate_factors = ()
+        self._stacked_of = dict(stacked or {})
+        self._members = int(members)
+        self._rate_factors, self._stacked = (), ()
 
     def build(self, variables):
         if not self.built:
             self._rate_factors = tuple(self._factor_of.get(id(v)) for v in variables)
-        super().build(variables)
+            self._stacked = tuple(self._stacked_of.get(id(v)) for v in variables)
+            super().build(variables)
+            shape = (max(self._members, 1),)
+            self.member_active = self.add_variable(shape, initializer="ones", name="member_active")
+            self.member_steps = self.add_variable(shape, initializer="zeros", name="member_steps")
 
     def update_step(self, gradient, variable, learning_rate):
-        factor = self._rate_factors[self._get_variable_index(variable)]
-        return super().update_step(gradient, variable, learning_rate if factor is None else learning_rate * factor)
+        index = self._get_variable_index(variable)
+        factor, members = self._rate_factors[index], self._stacked[index]
+        if factor is not None:
+            learning_rate = learning_rate * factor
+        if members is None:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        active = _per_member(ops.cast(self.member_active[members[0]:members[1]], dtype), variable)
+        step = _per_member(ops.cast(self.member_steps[members[0]:members[1]], dtype), variable) + 1
+        gradient = ops.cast(gradient, dtype)
+        alpha = (ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
+                 / (1 - ops.power(ops.cast(self.beta_1, dtype), step)))
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, active * (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, active * (ops.square(gradient) - v) * (1 - self.beta_2))
+        self.assign_sub(variable, active * alpha * m / (ops.sqrt(v) + self.epsilon))
 
 
-@keras.saving.register_keras_serializable(package="genrecls")
+class OneFitModel(keras.Model):
+    """The one-fit OvA model: before each step it tells MemberAdam which members have rows in the
+    batch (the `mask` input), and after it counts their steps."""
+
+    def train_step(self, data):
+        active = ops.cast(ops.any(ops.cast(data[0]["mask"], "bool"), axis=0), "float32")
+        self.optimizer.member_active.assign(active)
+        logs = super().train_step(data)
+        self.optimizer.member_steps.assign_add(active)
+        return logs
+
+
 class StackedDense(layers.Layer):
-    """K dense layers side by side, one per OvA member: member k's kernel is kernel[k].
+    """K dense layers side by side, one per OvA member: (N, K, d) -> (N, K, units), member k's kernel kernel[k].
 
-    Reads (N, d), the features every member shares, or (N, K * d) with `stacked_input`, the previous
-    stacked layer's output (member k's d values at k * d); gives (N, K * units), member-major. Stacked
-    heads compute exactly what K separate Dense layers would, but a fit traces one matmul and one
-    Adam update per layer instead of K, so its graph does not grow with the number of members.
+    Computes what K separate Dense layers would, each on its own member's inputs, with one matmul and
+    one Adam update per weight instead of K.
     """
 
-    def __init__(self, members: int, units: int, activation=None, stacked_input: bool = False, **kwargs):
+    def __init__(self, members: int, units: int, activation=None, **kwargs):
         super().__init__(**kwargs)
-        self.members, self.units, self.stacked_input = int(members), int(units), bool(stacked_input)
+        self.members, self.units = int(members), int(units)
         self.activation = keras.activations.get(activation)
 
     def build(self, input_shape):
-        d = input_shape[-1] // self.members if self.stacked_input else input_shape[-1]
-        self.kernel = self.add_weight(shape=(self.members, d, self.units), initializer="glorot_uniform", name="kernel")
+        shape = (self.members, input_shape[-1], self.units)
+        self.kernel = self.add_weight(shape=shape, initializer="glorot_uniform", name="kernel")
         self.bias = self.add_weight(shape=(self.members, self.units), initializer="zeros", name="bias")
 
     def call(self, x):
-        if self.stacked_input:
-            x = ops.reshape(x, (-1, self.members, self.kernel.shape[1]))
-            y = ops.einsum("nkd,kdu->nku", x, self.kernel)
-        else:
-            y = ops.einsum("nd,kdu->nku", x, self.kernel)
-        return ops.reshape(self.activation(y + self.bias), (-1, self.members * self.units))
+        return self.activation(ops.einsum("nkd,kdu->nku", x, self.kernel) + self.bias)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.members * self.units)
+        return (input_shape[0], self.members, self.units)
 
     def get_config(self):
         return {**super().get_config(), "members": self.members, "units": self.units,
-                "activation": keras.activations.serialize(self.activation), "stacked_input": self.stacked_input}
+                "activation": keras.activations.serialize(self.activation)}
+
+
+class StackedBatchNorm(layers.Layer):
+    """K batch normalizations side by side: (N, K, u) and a mask (N, K) -> (N, K, u).
+
+    In training each member's statistics are those of its own rows (mask 1), as Keras
+    BatchNormalization computes them on that member's batch alone; a member with no rows in the
+    batch keeps its moving statistics. Weights (K, u) each: gamma, beta, moving mean and variance.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+
+    def build(self, x_shape, mask_shape=None):
+        shape = tuple(x_shape[1:])
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(shape=shape, initializer="zeros", name="moving_mean", trainable=False)
+        self.moving_variance = self.add_weight(shape=shape, initializer="ones", name="moving_variance",
+                                               trainable=False)
+
+    def call(self, x, mask, training=None):
+        if training:
+            w = ops.cast(mask, x.dtype)[..., None]
+            count = ops.sum(w, axis=0)
+            mean = ops.sum(w * x, axis=0) / ops.maximum(count, 1)
+            variance = ops.sum(w * ops.square(x - mean), axis=0) / ops.maximum(count, 1)
+            seen = ops.cast(count > 0, x.dtype) * (1 - self.momentum)
+            self.moving_mean.assign(self.moving_mean + seen * (mean - self.moving_mean))
+            self.moving_variance.assign(self.moving_variance + seen * (variance - self.moving_variance))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        return (x - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+    def compute_output_shape(self, x_shape, mask_shape=None):
+        return x_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
 
 class MemberWeights:
-    """Each OvA member's weights inside a one-fit model, by member name: a head of its own, or a slice of a
-    stack of heads (`models.stack_heads`, where every weight holds the members' weights member-major).
+    """Each OvA member's weights inside a one-fit model, by member name: a slice of a stack of heads
+    (`models.one_fit_model`: every weight holds its members' weights along its first axis).
 
     get / set read and write members' weights in the layout of the member's own head (its get_weights()),
     so early stopping can keep each member's best epoch and the fitted members can be saved as heads.
     """
 
     def __init__(self):
-        self.groups = []  # (model, member names, the member head's weight shapes, or None: the model is the head)
+        self.groups = []  # (a stack, its member names, the member head's weight shapes)
 
     @classmethod
     def of_heads(cls, heads: dict) -> "MemberWeights":
+        """Separate heads, each a stack of one."""
         members = cls()
         for name, head in heads.items():
-            members.add(head, [name])
+            members.add(head, [name], [w.shape for w in head.get_weights()])
         return members
 
-    def add(self, model, names: list, shapes=None) -> None:
-        self.groups.append((model, list(names), shapes))
+    def add(self, stack, names: list, shapes: list) -> None:
+        self.groups.append((stack, list(names), shapes))
 
     @property
     def names(self) -> list:
@@ -257,42 +335,40 @@ class MemberWeights:
 
     def get(self, names) -> dict:
         out = {}
-        for model, members, shapes in self.groups:
+        for stack, members, shapes in self.groups:
             wanted = [n for n in members if n in names]
-            weights = model.get_weights() if wanted else []
+            weights = stack.get_weights() if wanted else []
             for n in wanted:
                 k = members.index(n)
-                out[n] = weights if shapes is None else [
-                    w.reshape(len(members), -1)[k].reshape(s) for w, s in zip(weights, shapes)]
+                out[n] = [w.reshape(len(members), -1)[k].reshape(s) for w, s in zip(weights, shapes)]
         return out
 
     def set(self, values: dict) -> None:
-        for model, members, shapes in self.groups:
+        for stack, members, _ in self.groups:
             wanted = [n for n in members if n in values]
-            if not wanted:
-                continue
-            if shapes is None:
-                model.set_weights(values[wanted[0]])
-                continue
-            weights = model.get_weights()
-            for n in wanted:
-                for w, v in zip(weights, values[n]):
-                    w.reshape(len(members), -1)[members.index(n)] = np.reshape(v, -1)
-            model.set_weights(weights)
+            if wanted:
+                weights = stack.get_weights()
+                for n in wanted:
+                    for w, v in zip(weights, values[n]):
+                        w.reshape(len(members), -1)[members.index(n)] = np.reshape(v, -1)
+                stack.set_weights(weights)
+
+    def stacked(self) -> dict:
+        """{id(variable): (a, b)}: each trainable variable's members, as columns a..b-1 of the model (MemberAdam)."""
+        out, start = {}, 0
+        for stack, members, _ in self.groups:
+            out.update({id(v): (start, start + len(members)) for v in stack.trainable_variables})
+            start += len(members)
+        return out
 
     def rate_factors(self, factors: dict) -> list:
         """[(variables, factor)] for MemberAdam: `factors` {member name: learning-rate factor}."""
         out = []
-        for model, members, shapes in self.groups:
-            if not any(n in factors for n in members):
-                continue
-            per_member = np.array([factors.get(n, 1.0) for n in members], "float32")
-            if shapes is None:
-                out.append((model.trainable_variables, float(per_member[0])))
-                continue
-            for v in model.trainable_variables:  # broadcast over each variable's member-major layout
-                rows = np.repeat(per_member, v.shape[0] // len(members))
-                out.append(([v], rows.reshape((-1,) + (1,) * (len(v.shape) - 1))))
+        for stack, members, _ in self.groups:
+            if any(n in factors for n in members):
+                per_member = np.array([factors.get(n, 1.0) for n in members], "float32")
+                out.extend(([v], per_member.reshape((-1,) + (1,) * (len(v.shape) - 1)))
+                           for v in stack.trainable_variables)
         return out
 
 

@@ -35,9 +35,9 @@ BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
 # in two stages: a shared trunk trained on all genres first, then frozen, and the mode's head (each OvA
 # member's, with the text branch when there is text) fitted on its cached features.
 TRUNKS = ("end-to-end", "shared")
-# OvA members on in-memory inputs: one fit each (the default: measured better on ml1m, README "Quality"),
-# or all in one multi-output fit (about 2x faster, worse macro F1 on ml1m)
-OVA_FITS = ("members", "one")
+# OvA members on cached features: all in one fit (the default: each member still trains exactly as its own
+# fit would, README "Training modes"), or one fit each (always so for text branches, soft F1, a schedule)
+OVA_FITS = ("one", "members")
 DISTRIBUTE = tuple(STRATEGIES)  # none | mirrored (local GPUs) | multiworker (the machines in TF_CONFIG)
 # Settings a resumed run may change: how it reports and where it runs, not what it learns.
 RESUMABLE_CHANGES = ("verbose", "distribute")
@@ -252,7 +252,7 @@ class TrainConfig:
     class_weight: str | None = None  # balanced | log
     positive_share: float = 0.3  # ova members
     trunk: str = "end-to-end"  # with a trainable backbone: end to end, or a shared trunk first (TRUNKS)
-    ova_fit: str = "members"  # OvA members on cached features or texts: one fit each, or one fit for all (OVA_FITS)
+    ova_fit: str = "one"  # OvA members on cached features: one fit for all, or one fit each (OVA_FITS)
     # text beside the poster: the table's columns ("title": the title, year stripped), its branch's size
     text: list | None = None
     text_width: int = 64

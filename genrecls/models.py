@@ -15,8 +15,9 @@ import keras
 import numpy as np
 
 from genrecls.backbones import build_backbone, set_trainable
-from genrecls.components import Calibration, MemberAdam, MemberWeights, StackedDense
+from genrecls.components import Calibration, MemberAdam, MemberWeights, OneFitModel, StackedBatchNorm, StackedDense
 from genrecls.config import NO_BACKBONE, TrainConfig
+from genrecls.errors import GenreclsError
 from genrecls.distribute import sync_batch_norm
 from genrecls.heads import build_head
 from genrecls.modes import Mode
@@ -99,14 +100,18 @@ def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple
 
 
 def optimizer(cfg: TrainConfig, learning_rate: float | None = None, steps_per_epoch: int | None = None,
-              rate_factors=None):
+              members: MemberWeights | None = None, rate_factors: dict | None = None):
     """Adam at the config's rate (or `learning_rate`), on its schedule.
 
-    rate_factors: [(variables, factor)] to scale the rate of some variables (OvA members in one fit)."""
+    members: the one-fit OvA model's members (MemberAdam, per-member steps), with `rate_factors`
+    {member name: factor} scaling some members' rates."""
     rate = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.lr_schedule == "cosine" and steps_per_epoch:
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps_per_epoch * cfg.epochs, alpha=0.05)
-    return MemberAdam(rate_factors, learning_rate=rate) if rate_factors else keras.optimizers.Adam(rate)
+    if members is None:
+        return keras.optimizers.Adam(rate)
+    return MemberAdam(members.rate_factors(rate_factors or {}), members.stacked(), len(members.names),
+                      learning_rate=rate)
 
 
 def compile_model(model: keras.Model, mode: Mode, cfg: TrainConfig, learning_rate: float | None = None,
@@ -131,8 +136,7 @@ def combine_heads(heads: list) -> keras.Model:
 
 
 def _stack_signature(head: keras.Model):
-    """A head's input width and layers as (kind, settings), or None where a stack cannot hold it:
-    a text branch, or anything but Dense first and Dense, batch normalization or dropout after."""
+    """A head's input width and layers as (kind, settings); None where a stack cannot hold it (a text branch)."""
     if isinstance(head.input, dict):
         return None
     plan = []
@@ -141,9 +145,9 @@ def _stack_signature(head: keras.Model):
             continue
         if isinstance(layer, keras.layers.Dense) and layer.use_bias:
             plan.append(("dense", layer.units, keras.activations.serialize(layer.activation)))
-        elif isinstance(layer, keras.layers.BatchNormalization) and plan and layer.center and layer.scale:
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.center and layer.scale:
             plan.append(("batch_norm", layer.momentum, layer.epsilon))
-        elif isinstance(layer, keras.layers.Dropout) and plan:
+        elif isinstance(layer, keras.layers.Dropout):
             plan.append(("dropout", layer.rate))
         else:
             return None
@@ -151,45 +155,52 @@ def _stack_signature(head: keras.Model):
 
 
 def stack_heads(heads: list, name: str = "stack") -> keras.Model:
-    """Heads of one architecture (`_stack_signature`) as one model: features -> (N, K), member k's
-    weights in slice k of every weight (StackedDense; batch normalization on the member-major
-    layout keeps per-member statistics), starting from the heads' own weights."""
-    features, plan = _stack_signature(heads[0])
+    """Heads of one architecture (`_stack_signature`) side by side: [features (N, K, d), mask (N, K)]
+    -> (N, K), member k reading features[:, k] with the weights in slice k of every weight,
+    starting from the heads' own weights."""
+    width, plan = _stack_signature(heads[0])
     k = len(heads)
-    x = inputs = keras.Input((features,), name="features")
+    x = features = keras.Input((k, width), name="features")
+    mask = keras.Input((k,), name="mask")
     for i, (kind, *settings) in enumerate(plan):
         if kind == "dense":
-            x = StackedDense(k, *settings, stacked_input=i > 0, name=f"{name}_dense_{i}")(x)
+            x = StackedDense(k, *settings, name=f"{name}_dense_{i}")(x)
         elif kind == "batch_norm":
-            x = keras.layers.BatchNormalization(momentum=settings[0], epsilon=settings[1], name=f"{name}_bn_{i}")(x)
+            x = StackedBatchNorm(*settings, name=f"{name}_bn_{i}")(x, mask)
         else:
             x = keras.layers.Dropout(settings[0], name=f"{name}_dropout_{i}")(x)
-    stack = keras.Model(inputs, x, name=name)
-    sync_batch_norm(stack)
+    stack = keras.Model([features, mask], keras.layers.Reshape((k,), name=f"{name}_out")(x), name=name)
     stack.set_weights([np.stack(ws).reshape(v.shape) for ws, v in
                        zip(zip(*(h.get_weights() for h in heads)), stack.weights, strict=True)])
     return stack
 
 
 def one_fit_model(heads: dict) -> tuple[keras.Model, MemberWeights]:
-    """{member name: head} -> (one model, features (+ text) -> one probability per member; where each
-    member's weights are in it). Heads of one architecture are stacked (`stack_heads`), so the fit's
-    graph does not grow with their number; heads a stack cannot hold (text branches) stay as they are.
-    The model's columns follow `MemberWeights.names`."""
+    """{member name: head} -> (the one-fit OvA model, where each member's weights are in it).
+
+    The model reads {"features": (N, K, d), "mask": (N, K)}: slot [n, k] holds a row of member k's
+    own batch (preparation.Inputs.member_batches) and gives member k's probability, (N, K) in all.
+    Heads of one architecture form one stack (`stack_heads`), so the fit's graph does not grow with
+    their number; the columns follow `MemberWeights.names`. Heads with a text branch cannot stack."""
     groups = {}
     for member, head in heads.items():
-        groups.setdefault(_stack_signature(head) or ("alone", member), []).append(member)
-    inputs = fresh_inputs(next(iter(heads.values())))
-    members, outputs = MemberWeights(), []
-    for key, names in groups.items():
-        if key[0] == "alone":
-            model = heads[names[0]]
-            members.add(model, names)
-        else:
-            model = stack_heads([heads[n] for n in names], name=f"stack_{len(outputs)}")
-            members.add(model, names, [w.shape for w in heads[names[0]].get_weights()])
-        outputs.append(model(inputs))
-    return keras.Model(inputs, _concatenate(outputs), name="ova_one_fit"), members
+        signature = _stack_signature(head)
+        if signature is None:
+            raise GenreclsError("OvA in one fit needs heads on features alone (no text branch)")
+        groups.setdefault(signature, []).append(member)
+    width = next(iter(groups))[0]
+    features = keras.Input((len(heads), width), name="features")
+    mask = keras.Input((len(heads),), name="mask")
+    members, outputs, start = MemberWeights(), [], 0
+    for names in groups.values():
+        stack = stack_heads([heads[n] for n in names], name=f"stack_{len(outputs)}")
+        members.add(stack, names, [w.shape for w in heads[names[0]].get_weights()])
+        part = slice(start, start + len(names))
+        outputs.append(stack([features, mask] if len(groups) == 1 else [features[:, part], mask[:, part]]))
+        start += len(names)
+    model = OneFitModel({"features": features, "mask": mask}, _concatenate(outputs), name="ova_one_fit")
+    sync_batch_norm(model)
+    return model, members
 
 
 def combine_members(members: list, backbone: keras.Model | None) -> keras.Model:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import keras
 import numpy as np
@@ -175,6 +176,39 @@ class Inputs:
             augment=Augmentation() if (training and cfg.augment) else None, check_files=False, keep_length=True,
         )
 
+    def member_batches(self, parts: list, training: bool) -> tf.data.Dataset:
+        """Batches of the one-fit OvA model (models.one_fit_model): each step holds every member's own
+        next batch side by side, ({"features": (B, K, d), "mask": (B, K)}, labels (B, K), weights (B, K)).
+
+        parts: per member, in the model's column order, (its rows, their labels, their weights (class
+        weights; 1 for validation), the random seed its own fit would run under). Training batches
+        are shuffled as that member's own fit would shuffle them (same seeds, same order), and each
+        member's weights are scaled by B / (its rows in the batch), so the masked loss is the mean over
+        its own batch. A member whose batches run out before the longest member's waits in empty
+        slots (mask 0). Cached features only: the heads read features, not texts.
+        """
+        cfg, size = self.cfg, self.cfg.batch_size
+        longest = max(-(-len(rows) // size) for rows, *_ in parts)
+        streams = []
+        for rows, labels, weights, seed in parts:
+            ds = tf.data.Dataset.from_tensor_slices((rows.astype("int64"), labels.astype("float32"),
+                                                     weights.astype("float32")))
+            if training:
+                tf.random.set_seed(seed)  # tf.data derives the shuffle from the global and the op seed
+                ds = ds.shuffle(len(rows), seed=cfg.seed, reshuffle_each_iteration=True)
+            empty = tf.data.Dataset.from_tensors((tf.zeros(0, "int64"), tf.zeros(0), tf.zeros(0)))
+            ds = ds.batch(size).concatenate(empty.repeat(longest - (-(-len(rows) // size))))
+            streams.append(ds.map(partial(_fill_batch, size=size, scale=training)))
+        tf.random.set_seed(cfg.seed)
+        columns = lambda *members: tuple(tf.stack(part, axis=1) for part in zip(*members))  # noqa: E731
+        ds = tf.data.Dataset.zip(tuple(streams)).map(columns).map(self._member_features)
+        return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
+
+    def _member_features(self, rows, labels, weights, mask):
+        features = tf.numpy_function(self.features.take, [tf.reshape(rows, [-1])], tf.float32, stateful=False)
+        features = tf.reshape(features, [tf.shape(rows)[0], tf.shape(rows)[1], self.features.dim])
+        return {"features": features, "mask": mask}, labels, weights
+
     def _model_inputs(self, x: dict, *rest):
         """A batch of rows (and texts) -> what the head reads: features, {features, text} or {text};
         the targets (and sample weights) pass through."""
@@ -186,6 +220,19 @@ class Inputs:
                 return (features, *rest)
             x["features"] = features
         return (x, *rest)
+
+
+def _fill_batch(rows, labels, weights, size: int, scale: bool):
+    """One member's batch padded to `size` slots: (rows, labels, weights, mask), the padding masked out.
+
+    scale: weights times size / (rows in the batch), so a masked loss divided by the slots is the
+    batch's mean (what Keras minimises on a member's own batch)."""
+    n = tf.shape(rows)[0]
+    pad = [[0, size - n]]
+    mask = tf.pad(tf.ones([n]), pad)
+    if scale:
+        weights = weights * tf.cast(size, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
+    return tf.pad(rows, pad), tf.pad(labels, pad), tf.pad(weights, pad), mask
 
 
 def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, part: str = "") -> tuple[np.ndarray, np.ndarray]:

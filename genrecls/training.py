@@ -111,21 +111,6 @@ def member_sets(cfg: TrainConfig, T: np.ndarray, train: np.ndarray, val: np.ndar
     return train[tr], y_train, val[va], y_val, weights
 
 
-def member_weights(parts: list, columns: list) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, weights): the union of every member's rows, and each row's weight for the members `columns`.
-
-    parts: per member, (its rows, the weight of each). A row weighs on a member as often as it is in
-    that member's set, and not at all outside it, so a member fitted as one head of many learns from
-    exactly its own set. The rows are every member's, whichever members are fitted, so the batches
-    (and each member's fit) do not depend on which members train together (a shard's).
-    """
-    rows = np.unique(np.concatenate([r for r, _ in parts]))
-    weights = np.zeros((len(rows), len(columns)), "float32")
-    for c, j in enumerate(columns):
-        np.add.at(weights, (np.searchsorted(rows, parts[j][0]), c), parts[j][1])
-    return rows, weights
-
-
 def shard_members(cfg: TrainConfig, k: int) -> list[int]:
     """The members a run trains: all k, or with --shard I/N those j with j % N == I."""
     if not cfg.shard:
@@ -347,8 +332,13 @@ class Trainer:
         return combine_members(members, shared), (combine_heads(members) if use_features else None), bias
 
     def _one_fit(self, inputs: Inputs) -> bool:
-        """All members in one fit: on in-memory inputs, with a loss that can be masked per member."""
-        return self.cfg.ova_fit == "one" and inputs.in_memory and self.cfg.loss in ELEMENTWISE_LOSSES
+        """All members in one fit: on cached features without text, with a loss masked per member
+        (elementwise), a constant learning rate (a schedule counts each member's own steps) and one
+        replica (each member's batch-norm statistics come from its own rows in the whole batch)."""
+        cfg = self.cfg
+        return (cfg.ova_fit == "one" and inputs.features is not None and inputs.texts is None
+                and cfg.loss in ELEMENTWISE_LOSSES and cfg.lr_schedule == "constant"
+                and tf.distribute.get_strategy().num_replicas_in_sync == 1)
 
     def _member_model(self, j, genre, backbone, own_backbone: bool = False):
         """Member j's model (Built), seeded by its index, with its own overrides (and backbone, if asked)."""
@@ -375,14 +365,15 @@ class Trainer:
         return built.head if backbone[1] == "frozen" else built.full
 
     def _fit_members(self, todo, genres, T, sets, backbone, inputs) -> dict:
-        """The members `todo` as K heads of one model, fitted at once; saved, and returned by index.
+        """The members `todo` as the heads of one model, fitted at once; saved, and returned by index.
 
-        Heads of one architecture are fitted as one stack (models.one_fit_model), so the traced train
-        step does not grow with their number. Each head is the one its own fit would build (same seed and overrides); the loss is masked
-        per member (components.MaskedMemberLoss, weights from `member_weights`: class_weight folded
-        in), each head has its own learning rate (MemberAdam), early stopping and best epoch
-        (MemberEarlyStopping), so each member is the model its own fit would give, up to batch
-        composition: its batch-norm statistics are those of every member's rows.
+        Each head is the one its own fit would build (same seed and overrides), stacked with the
+        others of its architecture (models.one_fit_model); every step holds each member's own next
+        batch, drawn as its own fit would draw it (Inputs.member_batches), its loss is that batch's
+        mean (components.MaskedMemberLoss, class weights folded in), its batch-norm statistics its own
+        rows', its Adam step its own (MemberAdam: own rate, own step count), its early stopping and
+        best epoch its own (MemberEarlyStopping). So each member is the model its own fit would
+        give, up to float rounding and dropout's random draws.
         """
         cfg, folder = self.cfg, self.folder
         print(f"training the {', '.join(genres[j] for j in todo)} member{'s' * (len(todo) > 1)} in one fit", flush=True)
@@ -391,25 +382,30 @@ class Trainer:
         model, members = one_fit_model({names[j]: heads[j] for j in todo})
         member_of = {name: j for j, name in names.items()}
         order = [member_of[name] for name in members.names]  # the model's columns: a stack holds a group of members
-        keras.utils.set_random_seed(cfg.seed)  # the batches' order does not depend on the members fitted
-        row_weights = [np.array([w[int(v)] for v in y]) if w else np.ones(len(y)) for _, y, _, _, w in sets]
-        train_rows, w_train = member_weights([(s[0], w) for s, w in zip(sets, row_weights)], order)
-        val_rows, w_val = member_weights([(s[2], np.ones(len(s[2]))) for s in sets], order)
+
+        def parts(training: bool) -> list:
+            out = []
+            for j in order:
+                train_rows, y_train, val_rows, y_val, weights = sets[j]
+                if training:
+                    w = np.array([weights[int(v)] for v in y_train]) if weights else np.ones(len(y_train))
+                    out.append((train_rows, y_train, w, cfg.seed + j))
+                else:
+                    out.append((val_rows, y_val, np.ones(len(y_val)), cfg.seed + j))
+            return out
+
         masked = MaskedMemberLoss(MEMBER.loss(cfg.loss, None, cfg.label_smoothing))
         own = {j: (cfg.member_overrides or {}).get(genres[j], {}) for j in todo}
-        rates = members.rate_factors({names[j]: own[j]["learning_rate"] / cfg.learning_rate
-                                      for j in todo if "learning_rate" in own[j]})
-        model.compile(optimizer=optimizer(cfg, steps_per_epoch=steps(len(train_rows), cfg.batch_size), rate_factors=rates),
-                      loss=masked, metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(order)])
+        rates = {names[j]: own[j]["learning_rate"] / cfg.learning_rate for j in todo if "learning_rate" in own[j]}
+        model.compile(optimizer=optimizer(cfg, members=members, rate_factors=rates), loss=masked,
+                      metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(order)])
         stopping = MemberEarlyStopping(members, cfg.patience, folder.checkpoints / "backup" / "ova.members")
-        history = fit(model, inputs.dataset(train_rows, T[train_rows][:, order], True, w_train),
-                      inputs.dataset(val_rows, T[val_rows][:, order], False, w_val),
+        history = fit(model, inputs.member_batches(parts(True), True), inputs.member_batches(parts(False), False),
                       cfg, folder.checkpoints, "ova", None, self.callbacks, stopping)
         fitted = members.get(set(names.values()))  # the best epochs (MemberEarlyStopping restored them)
-        for j in todo:
-            heads[j].set_weights(fitted[names[j]])
         history = history.drop_duplicates("epoch", keep="last")  # an epoch repeated after a resume
         for j in todo:  # each member's own history: the epochs it counted, as its own fit would have run
+            heads[j].set_weights(fitted[names[j]])
             stopped = stopping.state[names[j]]["stopped"]
             rows = history if stopped is None else history[history["epoch"] <= stopped]
             pd.DataFrame({"epoch": rows["epoch"], "loss": rows[names[j]], "val_loss": rows[f"val_{names[j]}"]}).to_csv(
