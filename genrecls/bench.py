@@ -354,7 +354,7 @@ def bench_ova_cost(ctx: Context) -> dict:
         ],
         "note": (f"per-genre test F1 / ROC AUC, max |difference| over {top_k} genres: one fit vs member by member "
                  f"{f1_diff['one_fit_vs_member_by_member']:.3f} / {auc_diff['one_fit_vs_member_by_member']:.3f} "
-                 f"(close, not equal: a member's batches also hold the other members' rows); cached vs through "
+                 f"(each member trains on its own batches either way: equal up to float rounding); cached vs through "
                  f"the backbone {f1_diff['cached_vs_through_backbone']:.3f} / "
                  f"{auc_diff['cached_vs_through_backbone']:.3f} (equal within noise)"),
     }

@@ -17,8 +17,8 @@ import numpy as np
 from genrecls.backbones import build_backbone, set_trainable
 from genrecls.components import Calibration, MemberAdam, MemberWeights, OneFitModel, StackedBatchNorm, StackedDense
 from genrecls.config import NO_BACKBONE, TrainConfig
-from genrecls.errors import GenreclsError
 from genrecls.distribute import sync_batch_norm
+from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
 from genrecls.modes import Mode
 from genrecls.text import TEXT_INPUT
@@ -198,9 +198,7 @@ def one_fit_model(heads: dict) -> tuple[keras.Model, MemberWeights]:
         part = slice(start, start + len(names))
         outputs.append(stack([features, mask] if len(groups) == 1 else [features[:, part], mask[:, part]]))
         start += len(names)
-    model = OneFitModel({"features": features, "mask": mask}, _concatenate(outputs), name="ova_one_fit")
-    sync_batch_norm(model)
-    return model, members
+    return OneFitModel({"features": features, "mask": mask}, _concatenate(outputs), name="ova_one_fit"), members
 
 
 def combine_members(members: list, backbone: keras.Model | None) -> keras.Model:

@@ -98,7 +98,7 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
 
 # Settings that change only what is fitted on the trunk: a trunk is reusable across them.
 HEAD_ONLY = {"mode", "text", "text_width", "text_dropout", "optimize", "calibration", "verbose", "shard",
-             "member_overrides", "loss", "label_smoothing"}
+             "member_overrides", "loss", "label_smoothing", "ova_fit"}
 
 
 def checked_trunk(path: Path, cfg: TrainConfig) -> Path:
