@@ -239,8 +239,37 @@ class OneFitModel(keras.Model):
         return logs
 
 
+class ActiveMembers(layers.Layer):
+    """[features (N, K, d), mask (N, K)] cut to the members up to the last one with rows in the batch.
+
+    The stacked layers below compute only those members: with members ordered by the length of their
+    sets (longest first), a member whose epoch is over is not computed while the longer ones finish theirs.
+    """
+
+    def call(self, features, mask):
+        active = ops.any(ops.cast(mask, "bool"), axis=0)
+        last = ops.max(ops.where(active, ops.arange(1, ops.shape(mask)[1] + 1), 0))
+        return features[:, :last], mask[:, :last]
+
+
+class PadMembers(layers.Layer):
+    """(N, a, 1) probabilities of the first a members -> (N, K), the rest 0.5 (masked out of every loss)."""
+
+    def __init__(self, members: int, **kwargs):
+        super().__init__(**kwargs)
+        self.members = int(members)
+
+    def call(self, x):
+        x = x[..., 0]
+        return ops.pad(x, [[0, 0], [0, self.members - ops.shape(x)[1]]], constant_values=0.5)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.members)
+
+
 class StackedDense(layers.Layer):
-    """K dense layers side by side, one per OvA member: (N, K, d) -> (N, K, units), member k's kernel kernel[k].
+    """K dense layers side by side, one per OvA member: (N, a, d) -> (N, a, units) for the first a <= K
+    members, member k's kernel kernel[k].
 
     Computes what K separate Dense layers would, each on its own member's inputs, with one matmul and
     one Adam update per weight instead of K.
@@ -257,10 +286,11 @@ class StackedDense(layers.Layer):
         self.bias = self.add_weight(shape=(self.members, self.units), initializer="zeros", name="bias")
 
     def call(self, x):
-        return self.activation(ops.einsum("nkd,kdu->nku", x, self.kernel) + self.bias)
+        a = ops.shape(x)[1]
+        return self.activation(ops.einsum("nkd,kdu->nku", x, self.kernel[:a]) + self.bias[:a])
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.members, self.units)
+        return (input_shape[0], input_shape[1], self.units)
 
     def get_config(self):
         return {**super().get_config(), "members": self.members, "units": self.units,
@@ -268,19 +298,19 @@ class StackedDense(layers.Layer):
 
 
 class StackedBatchNorm(layers.Layer):
-    """K batch normalizations side by side: (N, K, u) and a mask (N, K) -> (N, K, u).
+    """K batch normalizations side by side: (N, a, u) and a mask (N, a) -> (N, a, u), the first a members.
 
     In training each member's statistics are those of its own rows (mask 1), as Keras
     BatchNormalization computes them on that member's batch alone; a member with no rows in the
     batch keeps its moving statistics. Weights (K, u) each: gamma, beta, moving mean and variance.
     """
 
-    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    def __init__(self, members: int, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.members, self.momentum, self.epsilon = int(members), float(momentum), float(epsilon)
 
     def build(self, x_shape, mask_shape=None):
-        shape = tuple(x_shape[1:])
+        shape = (self.members, x_shape[-1])
         self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
         self.moving_mean = self.add_weight(shape=shape, initializer="zeros", name="moving_mean", trainable=False)
@@ -288,23 +318,25 @@ class StackedBatchNorm(layers.Layer):
                                                trainable=False)
 
     def call(self, x, mask, training=None):
+        a = ops.shape(x)[1]
         if training:
             w = ops.cast(mask, x.dtype)[..., None]
             count = ops.sum(w, axis=0)
             mean = ops.sum(w * x, axis=0) / ops.maximum(count, 1)
             variance = ops.sum(w * ops.square(x - mean), axis=0) / ops.maximum(count, 1)
-            seen = ops.cast(count > 0, x.dtype) * (1 - self.momentum)
-            self.moving_mean.assign(self.moving_mean + seen * (mean - self.moving_mean))
-            self.moving_variance.assign(self.moving_variance + seen * (variance - self.moving_variance))
+            rest = [[0, self.members - a], [0, 0]]  # members past the a computed: no rows, statistics kept
+            seen = ops.pad(ops.cast(count > 0, x.dtype), rest) * (1 - self.momentum)
+            self.moving_mean.assign(self.moving_mean + seen * (ops.pad(mean, rest) - self.moving_mean))
+            self.moving_variance.assign(self.moving_variance + seen * (ops.pad(variance, rest) - self.moving_variance))
         else:
-            mean, variance = self.moving_mean, self.moving_variance
-        return (x - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+            mean, variance = self.moving_mean[:a], self.moving_variance[:a]
+        return (x - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma[:a] + self.beta[:a]
 
     def compute_output_shape(self, x_shape, mask_shape=None):
         return x_shape
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+        return {**super().get_config(), "members": self.members, "momentum": self.momentum, "epsilon": self.epsilon}
 
 
 class MemberWeights:

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 
 from genrecls.backbones import build_backbone, set_trainable
-from genrecls.components import Calibration, MemberAdam, MemberWeights, OneFitModel, StackedBatchNorm, StackedDense
+from genrecls.components import (ActiveMembers, Calibration, MemberAdam, MemberWeights, OneFitModel, PadMembers,
+                                 StackedBatchNorm, StackedDense)
 from genrecls.config import NO_BACKBONE, TrainConfig
 from genrecls.distribute import sync_batch_norm
 from genrecls.errors import GenreclsError
@@ -157,19 +158,21 @@ def _stack_signature(head: keras.Model):
 def stack_heads(heads: list, name: str = "stack") -> keras.Model:
     """Heads of one architecture (`_stack_signature`) side by side: [features (N, K, d), mask (N, K)]
     -> (N, K), member k reading features[:, k] with the weights in slice k of every weight,
-    starting from the heads' own weights."""
+    starting from the heads' own weights. Only the members up to the last one with rows in the
+    batch are computed (ActiveMembers); the others' columns are 0.5, masked out of every loss."""
     width, plan = _stack_signature(heads[0])
     k = len(heads)
-    x = features = keras.Input((k, width), name="features")
+    features = keras.Input((k, width), name="features")
     mask = keras.Input((k,), name="mask")
+    x, active = ActiveMembers(name=f"{name}_active")(features, mask)
     for i, (kind, *settings) in enumerate(plan):
         if kind == "dense":
             x = StackedDense(k, *settings, name=f"{name}_dense_{i}")(x)
         elif kind == "batch_norm":
-            x = StackedBatchNorm(*settings, name=f"{name}_bn_{i}")(x, mask)
+            x = StackedBatchNorm(k, *settings, name=f"{name}_bn_{i}")(x, active)
         else:
             x = keras.layers.Dropout(settings[0], name=f"{name}_dropout_{i}")(x)
-    stack = keras.Model([features, mask], keras.layers.Reshape((k,), name=f"{name}_out")(x), name=name)
+    stack = keras.Model([features, mask], PadMembers(k, name=f"{name}_out")(x), name=name)
     stack.set_weights([np.stack(ws).reshape(v.shape) for ws, v in
                        zip(zip(*(h.get_weights() for h in heads)), stack.weights, strict=True)])
     return stack

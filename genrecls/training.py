@@ -379,7 +379,8 @@ class Trainer:
         print(f"training the {', '.join(genres[j] for j in todo)} member{'s' * (len(todo) > 1)} in one fit", flush=True)
         heads = {j: self._member_model(j, genres[j], backbone).head for j in todo}
         names = {j: f"loss_{j:02d}" for j in todo}
-        model, members = one_fit_model({names[j]: heads[j] for j in todo})
+        longest_first = sorted(todo, key=lambda j: -len(sets[j][0]))  # members whose epoch is over drop out of a step
+        model, members = one_fit_model({names[j]: heads[j] for j in longest_first})
         member_of = {name: j for j, name in names.items()}
         order = [member_of[name] for name in members.names]  # the model's columns: a stack holds a group of members
 
