@@ -354,7 +354,8 @@ def bench_ova_cost(ctx: Context) -> dict:
         ],
         "note": (f"per-genre test F1 / ROC AUC, max |difference| over {top_k} genres: one fit vs member by member "
                  f"{f1_diff['one_fit_vs_member_by_member']:.3f} / {auc_diff['one_fit_vs_member_by_member']:.3f} "
-                 f"(each member trains on its own batches either way: equal up to float rounding); cached vs through "
+                 f"(each member trains on its own batches either way, the same model up to float rounding; F1 at a "
+                 f"threshold can still flip on a genre whose scores sit at it after so short a fit); cached vs through "
                  f"the backbone {f1_diff['cached_vs_through_backbone']:.3f} / "
                  f"{auc_diff['cached_vs_through_backbone']:.3f} (equal within noise)"),
     }

@@ -29,7 +29,7 @@ from genrecls.text import TEXT_INPUT
 class Built:
     backbone: keras.Model | None  # None: text only
     head: keras.Model  # features (+ text) -> probabilities
-    full: keras.Model  # image (+ text) -> probabilities
+    full: keras.Model | None  # image (+ text) -> probabilities; None when built head_only
     trainable: str  # frozen | partial | all | none (no backbone)
 
 
@@ -86,7 +86,8 @@ def attach(backbone: keras.Model | None, head: keras.Model, trainable: str, name
 
 
 def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple | None = None,
-                head=None, dropout: float | None = None, name: str = "genrecls", text=None) -> Built:
+                head=None, dropout: float | None = None, name: str = "genrecls", text=None,
+                head_only: bool = False) -> Built:
     """Backbone (built, or the (model, trainable) given) + a head of `outputs` units.
 
     text: a function of the string input giving text features (text.TextEncoder.branch), or None.
@@ -95,8 +96,9 @@ def build_model(cfg: TrainConfig, outputs: int, activation: str, backbone: tuple
     head = build_head(backbone.output_shape[-1] if backbone is not None else 0, outputs, activation,
                       cfg.head if head is None else head, cfg.dropout if dropout is None else dropout,
                       name=name if backbone is None else f"{name}_head", text_branch=text)
-    full = attach(backbone, head, trainable, name=name)
-    sync_batch_norm(full)
+    # head_only: the head is fitted on cached features, so the whole model is not wired up (seconds for a big backbone)
+    full = None if head_only else attach(backbone, head, trainable, name=name)
+    sync_batch_norm(head if head_only else full)
     return Built(backbone, head, full, trainable)
 
 

@@ -340,8 +340,9 @@ class Trainer:
                 and cfg.loss in ELEMENTWISE_LOSSES and cfg.lr_schedule == "constant"
                 and tf.distribute.get_strategy().num_replicas_in_sync == 1)
 
-    def _member_model(self, j, genre, backbone, own_backbone: bool = False):
-        """Member j's model (Built), seeded by its index, with its own overrides (and backbone, if asked)."""
+    def _member_model(self, j, genre, backbone, own_backbone: bool = False, head_only: bool = False):
+        """Member j's model (Built), seeded by its index, with its own overrides (and backbone, if asked;
+        head_only: fitted on cached features, the whole model is not built)."""
         cfg = self.cfg
         keras.utils.set_random_seed(cfg.seed + j)
         if own_backbone:
@@ -349,13 +350,14 @@ class Trainer:
         own = (cfg.member_overrides or {}).get(genre, {})
         text = self.text and partial(self.text, width=own.get("text_width"), dropout=own.get("text_dropout"))
         return build_model(cfg, 1, "sigmoid", backbone=backbone, head=own.get("head"), dropout=own.get("dropout"),
-                           name=f"member_{j}", text=text)
+                           name=f"member_{j}", text=text, head_only=head_only)
 
     def _train_member(self, j, genre, backbone, inputs, use_features, sets):
         cfg = self.cfg
         train_idx, y_train, val_idx, y_val, weights = sets
         # through a trainable backbone each member tunes its own (report 002)
-        built = self._member_model(j, genre, backbone, not use_features and backbone[1] in ("all", "partial"))
+        built = self._member_model(j, genre, backbone, not use_features and backbone[1] in ("all", "partial"),
+                                   head_only=use_features)
         fitted = built.head if use_features else built.full
         own = (cfg.member_overrides or {}).get(genre, {})
         compile_model(fitted, MEMBER, cfg, own.get("learning_rate"), steps_per_epoch=steps(len(train_idx), cfg.batch_size))
@@ -377,7 +379,7 @@ class Trainer:
         """
         cfg, folder = self.cfg, self.folder
         print(f"training the {', '.join(genres[j] for j in todo)} member{'s' * (len(todo) > 1)} in one fit", flush=True)
-        heads = {j: self._member_model(j, genres[j], backbone).head for j in todo}
+        heads = {j: self._member_model(j, genres[j], backbone, head_only=True).head for j in todo}
         names = {j: f"loss_{j:02d}" for j in todo}
         longest_first = sorted(todo, key=lambda j: -len(sets[j][0]))  # members whose epoch is over drop out of a step
         model, members = one_fit_model({names[j]: heads[j] for j in longest_first})
