@@ -361,7 +361,8 @@ TRAINING_OPTIONS = {
         ("--epochs", "maximum epochs (early stopping may end sooner)", {"type": _number(int, 1)}),
         ("--batch-size", "posters per batch", {"type": _number(int, 1)}),
         ("--learning-rate", "Adam learning rate", {"type": _number(float, 1e-9, 1)}),
-        ("--lr-schedule", "constant, or cosine decay over the epochs", {"choices": "LR_SCHEDULES"}),
+        ("--lr-schedule", "constant, cosine decay over the epochs, or plateau (the rate times 0.3 when the "
+         "validation loss has not improved for a third of --patience epochs)", {"choices": "LR_SCHEDULES"}),
         ("--patience", "early-stopping patience in epochs", {"type": _number(int, 0)}),
         ("--seed", "random seed for splits, sampling and weights", {"type": _number(int, 0)}),
         ("--augment", "random flips, rotations, zooms, shifts", {"action": "store_true"}),

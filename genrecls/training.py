@@ -38,6 +38,7 @@ from genrecls.text import TextEncoder
 BALANCING = {"undersample": undersample, "oversample": oversample}
 # OvA member losses one fit can mask per member (elementwise); soft F1 is a whole batch's, so it keeps one fit each
 ELEMENTWISE_LOSSES = ("bce", "focal")
+PLATEAU_FACTOR = 0.3  # --lr-schedule plateau: the rate's factor each time the validation loss stalls
 
 
 def versions() -> dict:
@@ -68,6 +69,9 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history), append=True),
     ]
+    if cfg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=PLATEAU_FACTOR,
+                                                           patience=max(1, cfg.patience // 3), min_lr=1e-6))
     callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))
