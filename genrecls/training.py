@@ -71,7 +71,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     ]
     if cfg.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=PLATEAU_FACTOR,
-                                                           patience=max(1, cfg.patience // 3), min_lr=1e-6))
+                                                           patience=max(1, cfg.patience // 3)))
     callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))

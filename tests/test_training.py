@@ -18,7 +18,7 @@ from genrecls.pipeline import make_dataset
 from genrecls.components import WeightedBinaryCrossentropy
 from genrecls.config import TrainConfig
 from genrecls.runs import RunFolder
-from genrecls.training import train
+from genrecls.training import PLATEAU_FACTOR, fit, train
 from tests.helpers import REPO, multi_genre_lists, tiny_config as _config, write_image
 
 
@@ -91,7 +91,7 @@ def test_a_killed_run_resumes_from_its_backup(demo_dir, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys, keras
         from genrecls.config import TrainConfig
-        from genrecls.training import train
+        from genrecls.training import PLATEAU_FACTOR, fit, train
 
         class KillAfterSecondEpoch(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -245,3 +245,18 @@ def test_shared_trunk_trains_once_and_the_head_on_its_features(mode, demo_dir, t
     history = pd.read_csv(run / "checkpoints" / "trunk.history.csv")
     assert len(history) == 2  # stage 1 ran its epochs; the head's are in history.csv
     assert report["policy"]["reason"].startswith("maximised micro F1")
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "constant"])
+def test_plateau_schedule_cuts_the_rate_each_time_the_validation_loss_stalls(schedule, tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 2)).astype("float32"), (rng.random((32, 1)) < 0.5).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="binary_crossentropy")  # too slow to improve
+    fit(model, ds, ds, _config(".", epochs=4, patience=3, lr_schedule=schedule), tmp_path, "m")
+    # patience 3 waits one epoch for the rate: epochs 1, 2 and 3 each stall and cut it
+    expected = 1e-5 * (PLATEAU_FACTOR ** 3 if schedule == "plateau" else 1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(expected, rel=1e-3)
