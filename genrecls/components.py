@@ -181,45 +181,43 @@ def _per_member(values, variable):
 
 
 class MemberAdam(keras.optimizers.Adam):
-    """Adam with a learning-rate factor per group of variables, and per-member steps for stacked ones.
+    """Adam with per-member steps and learning rates for the stacked variables of a one-fit OvA model.
 
-    rate_factors: [(variables, factor)]; other variables keep factor 1. A factor is a number, or an
-    array that broadcasts against the variable (one value per member of a stack, `MemberWeights`).
-    stacked: {id(variable): (a, b)}: the variable's leading axis holds members a..b-1 of the one-fit
-    model. Such a variable's slices move only when their member has rows in the step
-    (`member_active`, set by OneFitModel), and each slice's bias correction counts its member's own
-    steps (`member_steps`), as Adam in that member's own fit would: a member whose set ends early in
-    an epoch waits, untouched, while the others finish theirs.
+    stacked: {id(variable): (a, b)}: the variable's leading axis holds members a..b-1 of the model.
+    member_rates: each member's learning-rate factor (a tuned member's own rate; 1 otherwise), scaling
+    the rate (and a schedule's every value) of its slices only. Such a slice moves only when its member
+    has rows in the step (`member_active`, set by OneFitModel), and its bias correction counts its
+    member's own steps (`member_steps`), as Adam in that member's own fit would: Adam is elementwise,
+    so each slice gets the update its own fit would, and a member whose set ends early in an epoch
+    waits, untouched, while the others finish theirs. Other variables get plain Adam.
     """
 
-    def __init__(self, rate_factors=(), stacked=None, members: int = 0, **kwargs):
+    def __init__(self, stacked=None, member_rates=(1.0,), **kwargs):
         super().__init__(**kwargs)
-        self._factor_of = {id(v): np.asarray(f, "float32") for variables, f in rate_factors for v in variables}
         self._stacked_of = dict(stacked or {})
-        self._members = int(members)
-        self._rate_factors, self._stacked = (), ()
+        self._member_rates = np.asarray(member_rates, "float32")
+        self._stacked = ()
 
     def build(self, variables):
         if not self.built:
-            self._rate_factors = tuple(self._factor_of.get(id(v)) for v in variables)
             self._stacked = tuple(self._stacked_of.get(id(v)) for v in variables)
             super().build(variables)
-            shape = (max(self._members, 1),)
+            shape = (len(self._member_rates),)
             self.member_active = self.add_variable(shape, initializer="ones", name="member_active")
             self.member_steps = self.add_variable(shape, initializer="zeros", name="member_steps")
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
-        factor, members = self._rate_factors[index], self._stacked[index]
-        if factor is not None:
-            learning_rate = learning_rate * factor
+        members = self._stacked[index]
         if members is None:
             return super().update_step(gradient, variable, learning_rate)
+        a, b = members
         dtype = variable.dtype
-        active = _per_member(ops.cast(self.member_active[members[0]:members[1]], dtype), variable)
-        step = _per_member(ops.cast(self.member_steps[members[0]:members[1]], dtype), variable) + 1
+        rate = ops.cast(learning_rate, dtype) * _per_member(ops.convert_to_tensor(self._member_rates[a:b], dtype), variable)
+        active = _per_member(ops.cast(self.member_active[a:b], dtype), variable)
+        step = _per_member(ops.cast(self.member_steps[a:b], dtype), variable) + 1
         gradient = ops.cast(gradient, dtype)
-        alpha = (ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
+        alpha = (rate * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
                  / (1 - ops.power(ops.cast(self.beta_1, dtype), step)))
         m, v = self._momentums[index], self._velocities[index]
         self.assign_add(m, active * (gradient - m) * (1 - self.beta_1))
@@ -391,16 +389,6 @@ class MemberWeights:
         for stack, members, _ in self.groups:
             out.update({id(v): (start, start + len(members)) for v in stack.trainable_variables})
             start += len(members)
-        return out
-
-    def rate_factors(self, factors: dict) -> list:
-        """[(variables, factor)] for MemberAdam: `factors` {member name: learning-rate factor}."""
-        out = []
-        for stack, members, _ in self.groups:
-            if any(n in factors for n in members):
-                per_member = np.array([factors.get(n, 1.0) for n in members], "float32")
-                out.extend(([v], per_member.reshape((-1,) + (1,) * (len(v.shape) - 1)))
-                           for v in stack.trainable_variables)
         return out
 
 

@@ -29,6 +29,7 @@ RESIZE_MODES = ("pad", "crop")
 LOSSES = ("bce", "focal", "soft-f1")
 CALIBRATIONS = ("none", "prior", "platt")  # prior: undo balanced sets / class weights; platt: then fit on validation
 LR_SCHEDULES = ("constant", "cosine", "plateau")  # plateau: Keras ReduceLROnPlateau on val_loss
+PLATEAU_FACTOR = 0.3  # --lr-schedule plateau: the rate's factor each time the validation loss stalls
 NO_BACKBONE = "none"  # --backbone none: a text-only model (needs --text)
 BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
 # With a trainable backbone: train it end to end with the head (OvA: one network per genre, report 002), or

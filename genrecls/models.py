@@ -106,15 +106,15 @@ def optimizer(cfg: TrainConfig, learning_rate: float | None = None, steps_per_ep
               members: MemberWeights | None = None, rate_factors: dict | None = None):
     """Adam at the config's rate (or `learning_rate`), on its schedule.
 
-    members: the one-fit OvA model's members (MemberAdam, per-member steps), with `rate_factors`
+    members: the one-fit OvA model's members (MemberAdam: per-member steps), with `rate_factors`
     {member name: factor} scaling some members' rates."""
     rate = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.lr_schedule == "cosine" and steps_per_epoch:
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps_per_epoch * cfg.epochs, alpha=0.05)
     if members is None:
         return keras.optimizers.Adam(rate)
-    return MemberAdam(members.rate_factors(rate_factors or {}), members.stacked(), len(members.names),
-                      learning_rate=rate)
+    factors = rate_factors or {}
+    return MemberAdam(members.stacked(), [factors.get(n, 1.0) for n in members.names], learning_rate=rate)
 
 
 def compile_model(model: keras.Model, mode: Mode, cfg: TrainConfig, learning_rate: float | None = None,
@@ -157,12 +157,12 @@ def _stack_signature(head: keras.Model):
     return (head.input.shape[-1], tuple(plan))
 
 
-def stack_heads(heads: list, name: str = "stack") -> keras.Model:
-    """Heads of one architecture (`_stack_signature`) side by side: [features (N, K, d), mask (N, K)]
+def stack_heads(heads: list, signature: tuple, name: str = "stack") -> keras.Model:
+    """Heads of one architecture (their `_stack_signature`) side by side: [features (N, K, d), mask (N, K)]
     -> (N, K), member k reading features[:, k] with the weights in slice k of every weight,
     starting from the heads' own weights. Only the members up to the last one with rows in the
     batch are computed (ActiveMembers); the others' columns are 0.5, masked out of every loss."""
-    width, plan = _stack_signature(heads[0])
+    width, plan = signature
     k = len(heads)
     features = keras.Input((k, width), name="features")
     mask = keras.Input((k,), name="mask")
@@ -197,8 +197,8 @@ def one_fit_model(heads: dict) -> tuple[keras.Model, MemberWeights]:
     features = keras.Input((len(heads), width), name="features")
     mask = keras.Input((len(heads),), name="mask")
     members, outputs, start = MemberWeights(), [], 0
-    for names in groups.values():
-        stack = stack_heads([heads[n] for n in names], name=f"stack_{len(outputs)}")
+    for signature, names in groups.items():
+        stack = stack_heads([heads[n] for n in names], signature, name=f"stack_{len(outputs)}")
         members.add(stack, names, [w.shape for w in heads[names[0]].get_weights()])
         part = slice(start, start + len(names))
         outputs.append(stack([features, mask] if len(groups) == 1 else [features[:, part], mask[:, part]]))

@@ -24,6 +24,7 @@ from genrecls.distribute import get_strategy
 from genrecls.errors import GenreclsError
 from genrecls.features import Features, stored_features, update_entry
 from genrecls.labels import GenreVocabulary, Split, collapse, keep_labelled, split_posters
+from genrecls.models import steps
 from genrecls.modes import get_mode
 from genrecls.pipeline import Augmentation, make_dataset, shard_by_data
 from genrecls.progress import progress_bar
@@ -188,7 +189,7 @@ class Inputs:
         slots (mask 0). Cached features only: the heads read features, not texts.
         """
         cfg, size = self.cfg, self.cfg.batch_size
-        longest = max(-(-len(rows) // size) for rows, *_ in parts)
+        longest = max(steps(len(rows), size) for rows, *_ in parts)
         streams = []
         for rows, labels, weights, seed in parts:
             ds = tf.data.Dataset.from_tensor_slices((rows.astype("int64"), labels.astype("float32"),
@@ -197,7 +198,7 @@ class Inputs:
                 tf.random.set_seed(seed)  # tf.data derives the shuffle from the global and the op seed
                 ds = ds.shuffle(len(rows), seed=cfg.seed, reshuffle_each_iteration=True)
             empty = tf.data.Dataset.from_tensors((tf.zeros(0, "int64"), tf.zeros(0), tf.zeros(0)))
-            ds = ds.batch(size).concatenate(empty.repeat(longest - (-(-len(rows) // size))))
+            ds = ds.batch(size).concatenate(empty.repeat(longest - steps(len(rows), size)))
             streams.append(ds.map(partial(_fill_batch, size=size, scale=training)))
         tf.random.set_seed(cfg.seed)
         columns = lambda *members: tuple(tf.stack(part, axis=1) for part in zip(*members))  # noqa: E731

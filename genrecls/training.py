@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from genrecls import __version__, calibration
 from genrecls.components import MaskedMemberLoss, MemberEarlyStopping, MemberLoss
-from genrecls.config import TrainConfig, parse_shard
+from genrecls.config import PLATEAU_FACTOR, TrainConfig, parse_shard
 from genrecls.errors import GenreclsError
 from genrecls.datasets import PosterTable
 from genrecls.distribute import agree, all_ok, get_strategy, scratch_folder, task
@@ -38,7 +38,6 @@ from genrecls.text import TextEncoder
 BALANCING = {"undersample": undersample, "oversample": oversample}
 # OvA member losses one fit can mask per member (elementwise); soft F1 is a whole batch's, so it keeps one fit each
 ELEMENTWISE_LOSSES = ("bce", "focal")
-PLATEAU_FACTOR = 0.3  # --lr-schedule plateau: the rate's factor each time the validation loss stalls
 
 
 def versions() -> dict:

@@ -63,11 +63,11 @@ def test_masked_loss_ignores_rows_outside_a_members_set():
 
 
 def test_member_adam_scales_the_rate_of_its_members_variables_only():
-    a, b = keras.Variable(np.ones(2, "float32")), keras.Variable(np.ones(2, "float32"))
-    optimizer = MemberAdam([([b], 3.0)], learning_rate=0.1)
-    optimizer.apply([tf.constant([1.0, -1.0]), tf.constant([1.0, -1.0])], [a, b])
+    a, b = keras.Variable(np.ones(2, "float32")), keras.Variable(np.ones((2, 2), "float32"))  # b: members 0 and 1
+    optimizer = MemberAdam({id(b): (0, 2)}, [1.0, 3.0], learning_rate=0.1)
+    optimizer.apply([tf.constant([1.0, -1.0]), tf.constant([[1.0, -1.0]] * 2)], [a, b])
     np.testing.assert_allclose(1 - a.numpy(), [0.1, -0.1], rtol=1e-4)  # Adam's first step moves by the rate
-    np.testing.assert_allclose(1 - b.numpy(), [0.3, -0.3], rtol=1e-4)
+    np.testing.assert_allclose(1 - b.numpy(), [[0.1, -0.1], [0.3, -0.3]], rtol=1e-4)
 
 
 def _heads(widths: dict, features: int) -> dict:

@@ -18,7 +18,8 @@ from genrecls.pipeline import make_dataset
 from genrecls.components import WeightedBinaryCrossentropy
 from genrecls.config import TrainConfig
 from genrecls.runs import RunFolder
-from genrecls.training import PLATEAU_FACTOR, fit, train
+from genrecls.config import PLATEAU_FACTOR
+from genrecls.training import fit, train
 from tests.helpers import REPO, multi_genre_lists, tiny_config as _config, write_image
 
 
