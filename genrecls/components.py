@@ -147,32 +147,33 @@ class MaskedMemberLoss(keras.losses.Loss):
         return self.elementwise(y_true, y_pred) / ops.cast(ops.shape(y_pred)[0], y_pred.dtype)
 
 
-class MemberLoss(keras.metrics.Metric):
-    """One member's mean loss over its own rows (weighted by the sample weight of its column).
+class MemberLosses(keras.metrics.Metric):
+    """Each member's mean loss over its own rows (weighted by the sample weight of its column), as
+    {member name: value}: one update for all members, so the traced step does not grow with them.
 
-    As a validation metric (weights 1 on its rows) it is exactly the loss that member's own fit
-    would report, which is what its early stopping watches.
+    As validation metrics (weights 1 on a member's rows) they are exactly the losses the members' own
+    fits would report, which is what their early stopping watches.
     """
 
-    def __init__(self, loss: MaskedMemberLoss, column: int, name: str, **kwargs):
+    def __init__(self, loss: MaskedMemberLoss, names: list, name="member_losses", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.masked, self.column = loss, column
-        self.total = self.add_variable((), initializer="zeros", name="total")
-        self.weight = self.add_variable((), initializer="zeros", name="weight")
+        self.masked, self.names = loss, list(names)
+        self.total = self.add_variable((len(self.names),), initializer="zeros", name="total")
+        self.weight = self.add_variable((len(self.names),), initializer="zeros", name="weight")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        j = self.column
-        values = self.masked.elementwise(y_true[:, j:j + 1], y_pred[:, j:j + 1])[:, 0]
-        w = ops.ones_like(values) if sample_weight is None else ops.cast(sample_weight[:, j], values.dtype)
-        self.total.assign_add(ops.sum(w * values))
-        self.weight.assign_add(ops.sum(w))
+        values = self.masked.elementwise(y_true, y_pred)
+        w = ops.ones_like(values) if sample_weight is None else ops.cast(sample_weight, values.dtype)
+        self.total.assign_add(ops.sum(w * values, axis=0))
+        self.weight.assign_add(ops.sum(w, axis=0))
 
     def result(self):
-        return ops.divide_no_nan(self.total, self.weight)
+        losses = ops.divide_no_nan(self.total, self.weight)
+        return {name: losses[j] for j, name in enumerate(self.names)}
 
     def reset_state(self):
-        self.total.assign(0.0)
-        self.weight.assign(0.0)
+        self.total.assign(ops.zeros_like(self.total))
+        self.weight.assign(ops.zeros_like(self.weight))
 
 
 def _per_member(values, variable):
@@ -227,7 +228,15 @@ class MemberAdam(keras.optimizers.Adam):
 
 class OneFitModel(keras.Model):
     """The one-fit OvA model: before each step it tells MemberAdam which members have rows in the
-    batch (the `mask` input), and after it counts their steps."""
+    batch (the `mask` input), and after it counts their steps. `member_losses` (MemberLosses, set
+    before the fit) logs each member's own loss, as `loss_XX` and `val_loss_XX`."""
+
+    member_losses = None
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self.member_losses is not None:
+            self.member_losses.update_state(y, y_pred, sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def train_step(self, data):
         active = ops.cast(ops.any(ops.cast(data[0]["mask"], "bool"), axis=0), "float32")

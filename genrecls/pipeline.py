@@ -55,9 +55,10 @@ def decode_image(data: tf.Tensor, image_size: int = 224, resize: str = "pad") ->
         new = tf.maximum(new, image_size)
     # Area averaging when shrinking (no aliasing), bilinear when enlarging; both
     # are several times faster than the antialiased kernels of resize_with_pad.
+    # Area on float32 gives the same pixels as on uint8, faster (TF's uint8 area kernel is slow).
     image = tf.cond(
         scale < 1.0,
-        lambda: tf.image.resize(image, new, method="area"),
+        lambda: tf.image.resize(tf.cast(image, tf.float32), new, method="area"),
         lambda: tf.image.resize(image, new, method="bilinear"),
     )
     if resize == "pad":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 import keras
 import numpy as np
@@ -189,20 +188,26 @@ class Inputs:
         slots (mask 0). Cached features only: the heads read features, not texts.
         """
         cfg, size = self.cfg, self.cfg.batch_size
-        longest = max(steps(len(rows), size) for rows, *_ in parts)
+        slots = size * max(steps(len(rows), size) for rows, *_ in parts)
         streams = []
         for rows, labels, weights, seed in parts:
             ds = tf.data.Dataset.from_tensor_slices((rows.astype("int64"), labels.astype("float32"),
-                                                     weights.astype("float32")))
+                                                     weights.astype("float32"), np.ones(len(rows), "float32")))
             if training:
                 tf.random.set_seed(seed)  # tf.data derives the shuffle from the global and the op seed
                 ds = ds.shuffle(len(rows), seed=cfg.seed, reshuffle_each_iteration=True)
-            empty = tf.data.Dataset.from_tensors((tf.zeros(0, "int64"), tf.zeros(0), tf.zeros(0)))
-            ds = ds.batch(size).concatenate(empty.repeat(longest - steps(len(rows), size)))
-            streams.append(ds.map(partial(_fill_batch, size=size, scale=training)))
+            # empty slots after the member's last row fill its last batch and the steps it has no batch for
+            empty = tf.data.Dataset.from_tensors((np.int64(0), np.float32(0), np.float32(0), np.float32(0)))
+            streams.append(ds.concatenate(empty.repeat(slots - len(rows))).batch(size))
         tf.random.set_seed(cfg.seed)
-        columns = lambda *members: tuple(tf.stack(part, axis=1) for part in zip(*members))  # noqa: E731
-        ds = tf.data.Dataset.zip(tuple(streams)).map(columns).map(self._member_features)
+
+        def columns(*members):  # (B,) per member -> (B, K); one small traced function whatever K is
+            rows, labels, weights, mask = (tf.stack(part, axis=1) for part in zip(*members))
+            if training:
+                weights = weights * size / tf.maximum(tf.reduce_sum(mask, axis=0), 1.0)
+            return self._member_features(rows, labels, weights, mask)
+
+        ds = tf.data.Dataset.zip(tuple(streams)).map(columns)
         return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
     def _member_features(self, rows, labels, weights, mask):
@@ -221,19 +226,6 @@ class Inputs:
                 return (features, *rest)
             x["features"] = features
         return (x, *rest)
-
-
-def _fill_batch(rows, labels, weights, size: int, scale: bool):
-    """One member's batch padded to `size` slots: (rows, labels, weights, mask), the padding masked out.
-
-    scale: weights times size / (rows in the batch), so a masked loss divided by the slots is the
-    batch's mean (what Keras minimises on a member's own batch)."""
-    n = tf.shape(rows)[0]
-    pad = [[0, size - n]]
-    mask = tf.pad(tf.ones([n]), pad)
-    if scale:
-        weights = weights * tf.cast(size, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
-    return tf.pad(rows, pad), tf.pad(labels, pad), tf.pad(weights, pad), mask
 
 
 def predict_split(model: keras.Model, inputs: Inputs, idx: np.ndarray, part: str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from genrecls import __version__, calibration
-from genrecls.components import MaskedMemberLoss, MemberEarlyStopping, MemberLoss
+from genrecls.components import MaskedMemberLoss, MemberEarlyStopping, MemberLosses
 from genrecls.config import PLATEAU_FACTOR, TrainConfig, parse_shard
 from genrecls.errors import GenreclsError
 from genrecls.datasets import PosterTable
@@ -403,8 +403,8 @@ class Trainer:
         masked = MaskedMemberLoss(MEMBER.loss(cfg.loss, None, cfg.label_smoothing))
         own = {j: (cfg.member_overrides or {}).get(genres[j], {}) for j in todo}
         rates = {names[j]: own[j]["learning_rate"] / cfg.learning_rate for j in todo if "learning_rate" in own[j]}
-        model.compile(optimizer=optimizer(cfg, members=members, rate_factors=rates), loss=masked,
-                      metrics=[MemberLoss(masked, c, names[j]) for c, j in enumerate(order)])
+        model.compile(optimizer=optimizer(cfg, members=members, rate_factors=rates), loss=masked)
+        model.member_losses = MemberLosses(masked, [names[j] for j in order])
         stopping = MemberEarlyStopping(members, cfg.patience, folder.checkpoints / "backup" / "ova.members")
         history = fit(model, inputs.member_batches(parts(True), True), inputs.member_batches(parts(False), False),
                       cfg, folder.checkpoints, "ova", None, self.callbacks, stopping)

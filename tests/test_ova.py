@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from genrecls.cli import main
-from genrecls.components import MaskedMemberLoss, MemberAdam, MemberEarlyStopping, MemberLoss, MemberWeights
+from genrecls.components import MaskedMemberLoss, MemberAdam, MemberEarlyStopping, MemberLosses, MemberWeights
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
 from genrecls.models import one_fit_model, optimizer
@@ -57,9 +57,10 @@ def test_masked_loss_ignores_rows_outside_a_members_set():
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     assert loss == pytest.approx((weights * bce).sum() / 3, rel=1e-5)  # each member's weighted mean over the batch
 
-    metric = MemberLoss(masked, 0, "loss_00")
+    metric = MemberLosses(masked, ["loss_00", "loss_01"])
     metric.update_state(y, tf.sigmoid(logits), sample_weight=weights)
-    assert float(metric.result()) == pytest.approx((weights[:, 0] * bce[:, 0]).sum() / 3, rel=1e-5)
+    for j, value in enumerate(metric.result().values()):  # each member's weighted mean over its own rows
+        assert float(value) == pytest.approx((weights[:, j] * bce[:, j]).sum() / weights[:, j].sum(), rel=1e-5)
 
 
 def test_member_adam_scales_the_rate_of_its_members_variables_only():

@@ -48,6 +48,22 @@ def test_pad_keeps_aspect_and_crop_fills(tmp_path):
         decode_image(data, 32, "stretch")
 
 
+def test_shrinking_gives_the_pixels_of_tfs_area_resize_of_the_decoded_uint8_image(tmp_path):
+    # the pipeline casts to float32 before the area resize (faster); the pixels must not change
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noisy.png"
+    Image.fromarray(rng.integers(0, 256, (150, 101, 3), dtype=np.uint8)).save(path)
+    data = tf.io.read_file(str(path))
+    uint8 = tf.io.decode_image(data, channels=3)
+    for size, resize, new in ((64, "pad", (64, 43)), (32, "crop", (48, 32))):
+        expected = tf.image.resize(uint8, new, method="area").numpy()
+        got = decode_image(data, size, resize).numpy()
+        if resize == "pad":
+            np.testing.assert_array_equal(got[:, 10:53], expected)
+        else:
+            np.testing.assert_array_equal(got, expected[8:40])
+
+
 def test_broken_files_are_skipped_counted_and_named(broken_files, caplog):
     paths = list(broken_files.values())
     labels = np.arange(len(paths))
