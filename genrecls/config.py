@@ -36,6 +36,7 @@ BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
 # in two stages: a shared trunk trained on all genres first, then frozen, and the mode's head (each OvA
 # member's, with the text branch when there is text) fitted on its cached features.
 TRUNKS = ("end-to-end", "shared")
+MAX_TRUNKS = 8  # --trunks N: shared trunks trained from seeds seed .. seed+N-1, their features side by side
 # OvA members on cached features: all in one fit (the default: each member still trains exactly as its own
 # fit would, README "Training modes"), or one fit each (always so for text branches, soft F1, a schedule)
 OVA_FITS = ("one", "members")
@@ -198,6 +199,7 @@ RULES = {
     "class_weight": _choice(CLASS_WEIGHT_METHODS, optional=True),
     "positive_share": _float(0, 1, lo_open=True, hi_open=True),
     "trunk": _choice(TRUNKS),
+    "trunks": _int(1, MAX_TRUNKS),
     "ova_fit": _choice(OVA_FITS),
     "text": _text_columns,
     "text_width": _int(1, 4096),
@@ -253,6 +255,7 @@ class TrainConfig:
     class_weight: str | None = None  # balanced | log
     positive_share: float = 0.3  # ova members
     trunk: str = "end-to-end"  # with a trainable backbone: end to end, or a shared trunk first (TRUNKS)
+    trunks: int = 1  # with a shared trunk: how many, each from its own seed; the head reads all their features
     ova_fit: str = "one"  # OvA members on cached features: one fit for all, or one fit each (OVA_FITS)
     # text beside the poster: the table's columns ("title": the title, year stripped), its branch's size
     text: list | None = None
@@ -316,6 +319,8 @@ class TrainConfig:
             members = ", ".join(name for name, mode in MODES.items() if mode.members)
             raise GenreclsError(f"--shard splits the one-vs-all members over machines; it needs --mode {members}, "
                                 f"not {self.mode}")
+        if self.trunks > 1 and self.trunk != "shared":
+            raise GenreclsError(f"--trunks {self.trunks} trains several shared trunks; it needs --trunk shared")
         if self.class_weight and self.loss != "bce":
             raise GenreclsError(f"--class-weight weights the binary cross-entropy; it does not apply to "
                                 f"--loss {self.loss} (drop one of them)")
@@ -344,7 +349,9 @@ class TrainConfig:
 
     def changed_from(self, saved: dict) -> list[str]:
         """Names of the settings that differ from a saved config (RESUMABLE_CHANGES aside)."""
-        return sorted(k for k, v in self.to_json().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+        # a setting the saved config lacks (added in a later version) had its default then
+        return sorted(k for k, v in self.to_json().items()
+                      if k not in RESUMABLE_CHANGES and saved.get(k, _json_default(k)) != v)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -361,6 +368,11 @@ def parse_shard(text) -> tuple[int, int]:
     if not found or not int(found[1]) < int(found[2]):
         raise GenreclsError(f"--shard must be I/N with whole numbers 0 <= I < N (e.g. 0/4 ... 3/4), not {text!r}")
     return int(found[1]), int(found[2])
+
+
+def _json_default(name: str):
+    value = default(name)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def default(name: str):

@@ -132,6 +132,17 @@ def _concatenate(outputs: list):
     return keras.layers.Concatenate(name="probabilities")(outputs) if len(outputs) > 1 else outputs[0]
 
 
+def side_by_side(trunks: list) -> keras.Model:
+    """Image -> the trunks' features concatenated (`--trunks N`): one backbone of N, read by one head."""
+    if len(trunks) == 1:
+        return trunks[0]
+    for i, trunk in enumerate(trunks):
+        trunk.name = f"trunk_{i}"  # nested models need names of their own
+    image = fresh_inputs(trunks[0])
+    return keras.Model(image, keras.layers.Concatenate(name="trunk_features")([t(image) for t in trunks]),
+                       name="trunks")
+
+
 def combine_heads(heads: list) -> keras.Model:
     """Features (+ text) -> a probability per genre, from OvA member heads."""
     inputs = fresh_inputs(heads[0])

@@ -29,7 +29,7 @@ from genrecls.datasets import PosterTable
 from genrecls.distribute import agree, all_ok, get_strategy, scratch_folder, task
 from genrecls.labels import Split, class_weights, oversample, ova_subset, positive_weights, undersample
 from genrecls.models import (build_model, calibrated, combine_heads, combine_members, compile_model, new_backbone,
-                             one_fit_model, optimizer, steps)
+                             one_fit_model, optimizer, side_by_side, steps)
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, PreparedData, cached_features, predict_split, prepare_data
 from genrecls.runs import RunFolder, damaged, load_keras, member_slug, save_keras
@@ -150,6 +150,10 @@ class Trainer:
         check_cache(cfg.cache)
         with strategy.scope():  # every model, and every variable, of the run lives in the strategy
             backbone, trainable = new_backbone(cfg)
+            if cfg.trunks > 1 and trainable not in ("all", "partial"):
+                raise GenreclsError(f"--trunks {cfg.trunks} trains several shared trunks, but the {cfg.backbone} "
+                                    "backbone is frozen here (pretrained, --fine-tune-last 0): train it "
+                                    "(--fine-tune-last -1) or drop --trunks")
             if cfg.distribute == "multiworker" and self.mode.members and \
                     trainable in ("all", "partial") and cfg.trunk != "shared":
                 # each member is a network of its own (report 002): they need no collectives, and under
@@ -276,7 +280,10 @@ class Trainer:
         002; the text branch with it) is then fitted on its cached features: the
         shared trunk stands in for the pretrained backbone a user without ImageNet
         weights lacks, and a fast-learning text branch cannot stop the slow poster
-        network's training early. Saved, so a resumed run skips it.
+        network's training early. With --trunks N, N trunks learn from seeds
+        seed .. seed+N-1 and the head reads their features side by side (an
+        ensemble: trunks trained from scratch on a few thousand posters differ a
+        lot from seed to seed). Saved, so a resumed run skips what is done.
         """
         cfg, path = self.cfg, self.folder.trunk_path
         if not path.exists() and self.trunk_from:
@@ -286,20 +293,40 @@ class Trainer:
             print(f"shared trunk already trained, loading {path.name}", flush=True)
             trunk = load_keras(path)
         else:
-            print("stage 1: training the shared trunk on the posters' genres", flush=True)
-            mode = get_mode("multilabel")
-            keras.utils.set_random_seed(cfg.seed)
-            built = build_model(cfg, data.Y.shape[1], mode.activation, backbone=backbone, name="trunk")
-            compile_model(built.full, mode, cfg, steps_per_epoch=steps(len(data.split.train), cfg.batch_size))
-            images = Inputs(cfg, data.paths, None)
-            train, val = (images.usable(getattr(data.split, p)) for p in ("train", "val"))
-            fit(built.full, images.dataset(train, data.Y[train], True), images.dataset(val, data.Y[val], False),
-                cfg, self.folder.checkpoints, "trunk", None, self.callbacks)
-            trunk = built.backbone
+            trunks = [self._train_trunk(data, backbone, i) for i in range(cfg.trunks)]
+            trunk = side_by_side(trunks)
             save_keras(trunk, path)
         trunk.trainable = False
         print("stage 2: fitting the head on the trunk's features" + (" and the text" if cfg.text else ""), flush=True)
         return trunk
+
+    def _train_trunk(self, data, backbone, i: int) -> keras.Model:
+        """Shared trunk i of --trunks N; with N > 1 each is saved on its own.
+
+        Every trunk starts from the backbone weights the run's seed gives (`backbone` is trunk 0's,
+        built from it); trunk i's own draws (the head's first weights, the batch order, augmentation
+        and dropout) come from the seed + i, so trunk 0 is the one --trunks 1 trains."""
+        cfg = self.cfg
+        own = self.folder.checkpoints / f"trunk-{i}.keras"
+        if cfg.trunks > 1 and own.exists():
+            print(f"shared trunk {i + 1} of {cfg.trunks} already trained, loading it", flush=True)
+            return load_keras(own)
+        if i > 0:
+            keras.utils.set_random_seed(cfg.seed)
+            backbone = new_backbone(cfg)
+        print("stage 1: training the shared trunk" + (f" {i + 1} of {cfg.trunks}" if cfg.trunks > 1 else "")
+              + " on the posters' genres", flush=True)
+        mode = get_mode("multilabel")
+        keras.utils.set_random_seed(cfg.seed + i)
+        built = build_model(cfg, data.Y.shape[1], mode.activation, backbone=backbone, name="trunk")
+        compile_model(built.full, mode, cfg, steps_per_epoch=steps(len(data.split.train), cfg.batch_size))
+        images = Inputs(cfg, data.paths, None)
+        train, val = (images.usable(getattr(data.split, p)) for p in ("train", "val"))
+        fit(built.full, images.dataset(train, data.Y[train], True), images.dataset(val, data.Y[val], False),
+            cfg, self.folder.checkpoints, "trunk" if i == 0 else f"trunk-{i}", None, self.callbacks)
+        if cfg.trunks > 1:
+            save_keras(built.backbone, own)
+        return built.backbone
 
     def _train_ova(self, data, T, split, backbone, inputs, use_features):
         """The OvA members (those of this shard), each on its own balanced set; then combined.

@@ -96,6 +96,22 @@ def test_a_config_saved_with_the_old_ova_trunk_setting_still_loads(tmp_path):
         TrainConfig.from_json({"data": str(tmp_path), "ova_trunk": "sideways"})
 
 
+def test_trunks_need_a_shared_trunk_and_a_bound(tmp_path):
+    assert TrainConfig(data=str(tmp_path), trunk="shared", trunks=3).trunks == 3
+    with pytest.raises(GenreclsError, match="needs --trunk shared"):
+        TrainConfig(data=str(tmp_path), trunks=2)  # end to end: there is no shared trunk to repeat
+    for bad in (0, 9, 2.5, "two"):
+        with pytest.raises(GenreclsError, match="trunks must be an integer"):
+            TrainConfig(data=str(tmp_path), trunk="shared", trunks=bad)
+
+
+def test_a_setting_added_later_counts_as_unchanged_at_its_default(tmp_path):
+    cfg = TrainConfig(data=str(tmp_path))
+    saved = {k: v for k, v in cfg.to_json().items() if k != "trunks"}  # a run saved before --trunks existed
+    assert cfg.changed_from(saved) == []
+    assert TrainConfig(data=str(tmp_path), trunk="shared", trunks=2).changed_from(saved) == ["trunk", "trunks"]
+
+
 def test_text_settings_are_checked_where_they_enter(tmp_path):
     assert TrainConfig(data=str(tmp_path), text="title, plot").text == ["title", "plot"]
     for bad in ({"text_width": 0}, {"text_dropout": 1.0}, {"text": ["title", "title"]}, {"text": 3},

@@ -248,6 +248,48 @@ def test_shared_trunk_trains_once_and_the_head_on_its_features(mode, demo_dir, t
     assert report["policy"]["reason"].startswith("maximised micro F1")
 
 
+def test_several_shared_trunks_learn_from_their_own_seeds_and_the_head_reads_them_all(demo_dir, tmp_path, capsys):
+    settings = dict(mode="multilabel", top_k=3, epochs=2, trunk="shared")
+    train(_config(demo_dir, **settings), tmp_path / "one", evaluate=False)
+    train(_config(demo_dir, **settings, trunks=2), tmp_path / "two", evaluate=False)
+    out = capsys.readouterr().out
+    assert "training the shared trunk 1 of 2" in out and "training the shared trunk 2 of 2" in out
+    load = lambda path: keras.saving.load_model(path, compile=False)  # noqa: E731
+    one = load(tmp_path / "one" / "checkpoints" / "trunk.keras")
+    first, second = (load(tmp_path / "two" / "checkpoints" / f"trunk-{i}.keras") for i in (0, 1))
+    both = load(tmp_path / "two" / "checkpoints" / "trunk.keras")
+    assert both.output_shape == (None, 2 * one.output_shape[-1])
+    for a, b in zip(one.get_weights(), first.get_weights(), strict=True):  # trunk 1 of N: the single trunk's seed
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(first.get_weights(), second.get_weights())) > 1e-2
+    images = next(iter(make_dataset(sorted((demo_dir / "posters").glob("*.jpg"))[:4], image_size=one.input_shape[1],
+                                    batch_size=4)))
+    np.testing.assert_allclose(both.predict(images, verbose=0),
+                               np.concatenate([first.predict(images, verbose=0), second.predict(images, verbose=0)],
+                                              axis=1), rtol=1e-4, atol=1e-5)
+    model = load_run_model(tmp_path / "two")
+    assert model.output_shape == (None, 3)
+
+    # killed after trunk 1 of 2: the resumed run loads it and trains only trunk 2 again
+    run = tmp_path / "two"
+    marker = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**marker, "finished": False}))
+    for name in ("trunk.keras", "trunk-1.keras"):
+        (run / "checkpoints" / name).unlink()
+    train(_config(demo_dir, **settings, trunks=2), run, evaluate=False)
+    out = capsys.readouterr().out
+    assert "shared trunk 1 of 2 already trained" in out and "training the shared trunk 2 of 2" in out
+    assert "training the shared trunk 1 of 2" not in out
+    for a, b in zip(second.get_weights(), load(run / "checkpoints" / "trunk-1.keras").get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_several_trunks_need_a_backbone_that_trains(demo_dir, tmp_path):
+    with pytest.raises(GenreclsError, match="frozen here"):
+        train(_config(demo_dir, trunk="shared", trunks=2, fine_tune_last=0), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("schedule", ["plateau", "constant"])
 def test_plateau_schedule_cuts_the_rate_each_time_the_validation_loss_stalls(schedule, tmp_path):
     import tensorflow as tf
