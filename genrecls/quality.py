@@ -108,9 +108,8 @@ def checked_trunk(path: Path, cfg: TrainConfig) -> Path:
     if not path.is_file() or path.name != TRUNK or path.parent.name != CHECKPOINTS:
         raise GenreclsError(f"--trunk-from {path}: expected a run's {CHECKPOINTS}/{TRUNK}")
     theirs = RunFolder.open(path.parents[1], finished=False).load_config().to_json()
-    ours = cfg.to_json()
-    differ = sorted(k for k in ours if k not in HEAD_ONLY and theirs.get(k) != ours[k]
-                    and not (k == "data" and Path(theirs[k]).resolve() == Path(ours[k]).resolve()))
+    differ = [k for k in cfg.changed_from(theirs) if k not in HEAD_ONLY
+              and not (k == "data" and Path(theirs[k]).resolve() == Path(cfg.data).resolve())]
     if differ:
         raise GenreclsError(f"--trunk-from {path}: its run was trained with other {', '.join(differ)}; "
                             "a trunk is reused only with the same data, seed and trunk settings")

@@ -20,7 +20,7 @@ def test_a_trunk_is_reused_only_from_a_run_with_the_same_trunk_settings(tmp_path
     trunk.write_bytes(b"stage 1")
     # the mode, the text and the decision settings are fitted on the trunk: reusable
     assert checked_trunk(trunk, dataclasses.replace(cfg, mode="ova", text=["title"], optimize="macro")) == trunk
-    for change, named in ((dict(seed=1), "seed"), (dict(image_size=96), "image_size"),
+    for change, named in ((dict(seed=1), "seed"), (dict(image_size=96), "image_size"), (dict(trunks=2), "trunks"),
                           (dict(data=str(tmp_path / "other")), "data")):
         with pytest.raises(GenreclsError, match=named):
             checked_trunk(trunk, dataclasses.replace(cfg, **change))
