@@ -331,8 +331,9 @@ TRAINING_OPTIONS = {
         ("--trunk", "with a trainable backbone: end-to-end (OvA: one network per genre, report 002) or shared "
          "(the backbone trained on all genres first, then frozen; the head, each OvA member and the text branch "
          "are fitted on its cached features)", {"choices": "TRUNKS"}),
-        ("--trunks", "with --trunk shared: train N trunks from seeds SEED .. SEED+N-1 and fit the head on their "
-         "features side by side (an ensemble; N times the first stage's time; at most 8)", {"type": _number(int, 1), "metavar": "N"}),
+        ("--trunks", "with --trunk shared: train N trunks (trunk i's draws from seed SEED+i) and fit the head on "
+         "their features side by side (an ensemble; N times the first stage's time; at most 8)",
+         {"type": _number(int, 1), "metavar": "N"}),
         ("--ova-fit", "OvA members on cached features: all in one fit (one: each member still learns exactly as "
          "alone, several times faster) or one fit each (members; always so with text, soft-f1 or a schedule)",
          {"choices": "OVA_FITS"}),

@@ -36,7 +36,7 @@ BACKBONE_CHOICES = (*BACKBONES, NO_BACKBONE)
 # in two stages: a shared trunk trained on all genres first, then frozen, and the mode's head (each OvA
 # member's, with the text branch when there is text) fitted on its cached features.
 TRUNKS = ("end-to-end", "shared")
-MAX_TRUNKS = 8  # --trunks N: shared trunks trained from seeds seed .. seed+N-1, their features side by side
+MAX_TRUNKS = 8  # --trunks N: shared trunks, trunk i's training draws from seed + i, their features side by side
 # OvA members on cached features: all in one fit (the default: each member still trains exactly as its own
 # fit would, README "Training modes"), or one fit each (always so for text branches, soft F1, a schedule)
 OVA_FITS = ("one", "members")
@@ -255,7 +255,7 @@ class TrainConfig:
     class_weight: str | None = None  # balanced | log
     positive_share: float = 0.3  # ova members
     trunk: str = "end-to-end"  # with a trainable backbone: end to end, or a shared trunk first (TRUNKS)
-    trunks: int = 1  # with a shared trunk: how many, each from its own seed; the head reads all their features
+    trunks: int = 1  # with a shared trunk: how many (trunk i's draws from seed + i); the head reads all their features
     ova_fit: str = "one"  # OvA members on cached features: one fit for all, or one fit each (OVA_FITS)
     # text beside the poster: the table's columns ("title": the title, year stripped), its branch's size
     text: list | None = None

@@ -5,7 +5,7 @@
       config.json        every setting plus library versions (`train --config` repeats the run)
       genres.json        the ordered genre vocabulary
       split.json         movie ids of the train / val / test splits
-      model.keras        or ova/<NN_genre>.keras per member + ova/combined.keras (+ ova/trunk.keras)
+      model.keras        or ova/<NN_genre>.keras per member + ova/combined.keras
       history.csv        one row per epoch (a genre column for OvA)
       thresholds.json    the decision policy chosen on the validation split
       metrics.json       evaluation of one split (schema in the README)
@@ -13,7 +13,8 @@
       report.md, *.png   the human-readable report and its plots
       report.html        the same report in one self-contained page, with a poster gallery and Grad-CAM
       explain/           Grad-CAM overlays written by `genrecls explain` (unless --out names another folder)
-      checkpoints/       per-fit history and a backup for resuming
+      checkpoints/       per-fit history and a backup for resuming; trunk.keras with --trunk shared
+                         (and trunk-<i>.keras, each trunk of --trunks N)
       features/          the frozen backbone's cached features (genrecls.features), unless --feature-store names another
 
 A shard (`train --shard I/N`) is a run folder holding some OvA members (ova/, checkpoints/, no

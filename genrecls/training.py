@@ -280,10 +280,10 @@ class Trainer:
         002; the text branch with it) is then fitted on its cached features: the
         shared trunk stands in for the pretrained backbone a user without ImageNet
         weights lacks, and a fast-learning text branch cannot stop the slow poster
-        network's training early. With --trunks N, N trunks learn from seeds
-        seed .. seed+N-1 and the head reads their features side by side (an
-        ensemble: trunks trained from scratch on a few thousand posters differ a
-        lot from seed to seed). Saved, so a resumed run skips what is done.
+        network's training early. With --trunks N, N trunks learn (`_train_trunk`)
+        and the head reads their features side by side (an ensemble: trunks
+        trained from scratch on a few thousand posters differ a lot from seed to
+        seed). Saved, so a resumed run skips what is done.
         """
         cfg, path = self.cfg, self.folder.trunk_path
         if not path.exists() and self.trunk_from:
