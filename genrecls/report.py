@@ -207,6 +207,9 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
     candidates = report["policy"].get("validation") or {}
     if candidates:
         lines += ["### Decision rules tried on the validation split", "",
+                  "Each rule's score: " + ("fitted on four fifths of the validation split and scored on the fifth "
+                                           "left out, fold by fold" if "cross-validation" in report["policy"]["reason"]
+                                           else "fitted and scored on the whole validation split") + ".", "",
                   "| rule | validation score |", "| --- | ---: |"]
         lines += [f"| {rule} | {value:.3f} |" for rule, value in candidates.items()]
         lines.append("")
