@@ -44,6 +44,7 @@ def evaluate_run(
     plots: bool = True,
     table: PosterTable | None = None,
     gradcam: int = GRADCAM_IMAGES,
+    save: bool = True,
 ) -> dict:
     """Evaluate a trained run on one split and write its report files into the run.
 
@@ -56,7 +57,8 @@ def evaluate_run(
     run's config) on the validation split (argmax, top-k, global or
     per-genre thresholds), or one global `threshold` when given. The policy is saved in the run for
     predict and export. Never chosen on the split being evaluated unless
-    that split is "val" itself (the report then says so).
+    that split is "val" itself (the report then says so). With `save=False` nothing is written: the
+    report is only returned (the quality benchmark's second decision rule).
     """
     if split not in SPLITS:
         raise GenreclsError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -88,7 +90,8 @@ def evaluate_run(
         val_rows, _ = prepared.rows(saved["val"])
         p_val, val_seen = predict_split(model, inputs, val_rows, "validation")
         policy = choose_policy(prepared.Y[val_seen], p_val, optimize or cfg.optimize)
-    folder.save_policy(policy, names)
+    if save:
+        folder.save_policy(policy, names)
 
     probabilities, seen = predict_split(model, inputs, rows, split)
     report = evaluate_predictions(
@@ -104,6 +107,8 @@ def evaluate_run(
                     f"{split} posters no longer in the data": missing,
                     "failed to decode": int(len(rows) - len(seen))},
     }
+    if not save:
+        return report
     folder.save_metrics(report)
     gallery = []
     if plots:

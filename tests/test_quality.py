@@ -28,3 +28,31 @@ def test_a_trunk_is_reused_only_from_a_run_with_the_same_trunk_settings(tmp_path
     stray.write_bytes(b"")
     with pytest.raises(GenreclsError, match="checkpoints/trunk.keras"):
         checked_trunk(stray, cfg)
+
+
+@pytest.mark.slow
+def test_each_row_also_reports_the_decisions_for_macro_f1_without_touching_the_run(demo_dir, tmp_path):
+    import json
+
+    from genrecls.quality import run_quality
+    from genrecls.report import evaluate_run
+    from genrecls.runs import METRICS, POLICY
+
+    results = run_quality(data=demo_dir, out=tmp_path / "out", runs=tmp_path / "runs", modes=["multilabel"],
+                          epochs=1)
+    row = results["modes"]["multilabel"]
+    run = tmp_path / "runs" / "multilabel"
+    saved = json.loads((run / POLICY).read_text())
+    metrics = json.loads((run / METRICS).read_text())
+    # the run keeps the rule chosen for its own --optimize (micro) and the scores it gave
+    assert "micro F1" in saved["reason"] and "micro F1" in metrics["policy"]["reason"]
+    assert metrics["overall"]["f1_macro"] == pytest.approx(row["scores"]["f1_macro"], abs=1e-4)
+    # the second rule is the one evaluate --optimize macro chooses, and choosing it wrote nothing
+    before = {f.name: f.stat().st_mtime_ns for f in run.iterdir() if f.is_file()}
+    for_macro = evaluate_run(run, optimize="macro", plots=False, save=False)
+    assert {f.name: f.stat().st_mtime_ns for f in run.iterdir() if f.is_file()} == before
+    assert "macro F1" in for_macro["policy"]["reason"] and row["for_macro"]["policy"] == for_macro["policy"]["name"]
+    assert row["for_macro"]["f1_macro"] == pytest.approx(for_macro["overall"]["f1_macro"], abs=1e-4)
+    table = (tmp_path / "out" / "quality.md").read_text()
+    assert "decided for macro: macro / micro F1" in table
+    assert f"{row['for_macro']['f1_macro']:.3f}" in table.split("| multilabel |")[1].splitlines()[0]
