@@ -358,7 +358,8 @@ TRAINING_OPTIONS = {
         ("--calibration", "none; prior: undo the shift of balanced OvA sets, --balance and --class-weight; "
          "platt: prior, then Platt (temperature for multiclass) scaling fitted on validation",
          {"choices": "CALIBRATIONS"}),
-        ("--optimize", "the F1 average the decision rule maximises on validation", {"choices": "OPTIMIZE"}),
+        ("--optimize", "the F1 average the decision rule maximises (5-fold cross-validation on the validation "
+         "split)", {"choices": "OPTIMIZE"}),
     ],
     "fitting": [
         ("--epochs", "maximum epochs (early stopping may end sooner)", {"type": _number(int, 1)}),
@@ -518,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder, if it moved since training")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to score [test]")
     p.add_argument("--optimize", choices=["micro", "macro", "samples", "weighted"],
-                   help="choose the decision rule (per-genre thresholds, one global threshold, top-k, "
-                   "at least one genre) that maximises this F1 on validation [the run's setting]")
+                   help="choose the decision rule (per-genre thresholds, shrunk toward one global threshold or "
+                   "not, one global threshold, top-k, at least one genre) that maximises this F1 in 5-fold "
+                   "cross-validation on the validation split [the run's setting]")
     p.add_argument("--global-threshold", action="store_true",
                    help="one fixed threshold for every genre (--threshold) instead of a rule chosen on validation")
     p.add_argument("--threshold", type=_number(float, 0, 1),
