@@ -164,7 +164,7 @@ def evaluate_predictions(
                                "roc_auc_mean": 0.5},
     }
     report = {"policy": {"kind": policy.kind, "name": policy.name, "top_k": policy.top_k,
-                         "at_least_one": policy.at_least_one, "reason": policy.reason,
+                         "at_least_one": policy.at_least_one, "shrink": policy.shrink, "reason": policy.reason,
                          "validation": policy.validation},
               "genres": genres, "overall": overall, "baselines": baselines,
               "versus_baselines": versus_baselines(overall, baselines, k)}

@@ -20,6 +20,7 @@ and fits it again on the whole validation split.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 
@@ -55,9 +56,10 @@ class Policy:
             raise GenreclsError(f"policy thresholds must be numbers in [0, 1], not {list(self.thresholds)}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise GenreclsError(f"policy top_k must be a positive integer, not {self.top_k!r}")
-        if not (isinstance(self.shrink, (int, float)) and 0 <= self.shrink < 1):
+        if isinstance(self.shrink, bool) or not (isinstance(self.shrink, numbers.Real) and 0 <= self.shrink < 1):
             raise GenreclsError(f"policy shrink must be a number in [0, 1), not {self.shrink!r}")
         object.__setattr__(self, "thresholds", values)
+        object.__setattr__(self, "shrink", float(self.shrink))
 
     @property
     def name(self) -> str:

@@ -134,7 +134,7 @@ def _earlier(path: Path, now: dict) -> dict:
 def summarize(report: dict, seconds: float, for_macro: dict | None = None) -> dict:
     """A row of the table; `for_macro`: the same run's report with the decisions chosen for macro F1."""
     versus = report["versus_baselines"]
-    macro = for_macro and for_macro["versus_baselines"]["f1_macro"]
+    macro = for_macro and for_macro["versus_baselines"].get("f1_macro")
     return {
         "scores": {k: round(versus[k]["model"], 4) for k in HEADLINE if k in versus},
         "baselines": {k: {"value": round(versus[k]["baseline"], 4), "name": versus[k]["baseline_name"]}

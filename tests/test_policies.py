@@ -45,8 +45,10 @@ def test_json_round_trip_and_validation():
         Policy("global", [0.5, float("nan"), 0.5])
     with pytest.raises(GenreclsError, match="top_k must be a positive integer"):
         Policy("top-k", [0, 0, 0], top_k=0)
-    with pytest.raises(GenreclsError, match="shrink must be a number in \\[0, 1\\)"):
-        Policy("per-genre", [0.5, 0.5, 0.5], shrink=1.5)
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(GenreclsError, match="shrink must be a number in \\[0, 1\\)"):
+            Policy("per-genre", [0.5, 0.5, 0.5], shrink=bad)
+    assert Policy("per-genre", [0.5] * 3, shrink=np.float32(0.25)).shrink == 0.25
     with pytest.raises(GenreclsError, match="damaged decision policy"):
         Policy.from_json({"kind": "per-genre", "thresholds": [0.5] * 3, "shrink": "half"}, genres)
 
@@ -102,8 +104,9 @@ def test_the_threshold_sweep_scores_as_scikit_learn_does(optimize):
     y = (rng.random((40, 5)) < [0.5, 0.3, 0.1, 0.02, 0.0]).astype(int)  # a genre and some posters without positives
     decided = rng.random((6, 40, 5)) < rng.random((6, 1, 1))
     decided[0] = False  # a cut deciding nothing
-    expected = [score(y, d.astype(int), optimize) for d in decided]
-    np.testing.assert_allclose(f1_by_cut(y, decided, optimize), expected, atol=1e-12)
+    for truth in (y, np.zeros_like(y)):  # and a sample without any positive (weighted: no support)
+        expected = [score(truth, d.astype(int), optimize) for d in decided]
+        np.testing.assert_allclose(f1_by_cut(truth, decided, optimize), expected, atol=1e-12)
 
 
 def _rare_genres(n: int, seed: int):
@@ -148,5 +151,10 @@ def test_the_threshold_sweep_in_chunks_finds_the_same_threshold(at_least_one, mo
 
     y, p = _posters(300, seed=7)
     whole = policies.global_threshold(y, p, "micro", at_least_one)
+    # the threshold the policy itself scores best among the same cuts (Policy.decide + scikit-learn)
+    levels = np.unique(np.quantile(p.astype(np.float32), np.linspace(0, 1, 201)))
+    cuts = [policies.between(a, b) for a, b in zip(levels[:-1], levels[1:])]
+    scores = [score(y, Policy("global", [c] * 10, at_least_one=at_least_one).decide(p), "micro") for c in cuts]
+    assert whole == cuts[int(np.argmax(scores))]
     monkeypatch.setattr(policies, "SWEEP_CELLS", 3 * p.size)  # three cuts at a time
     assert policies.global_threshold(y, p, "micro", at_least_one) == whole
