@@ -225,7 +225,7 @@ class _Fitted:
     """The thresholds fitted once on one sample (a fold, or all of validation) for every candidate."""
 
     def __init__(self, y, p, optimize: str, default: float):
-        self.y, self.p, self.optimize, self.default, self.k = y, p, optimize, default, y.shape[1]
+        self.k = y.shape[1]
         self.per_genre = cache(lambda: per_genre_thresholds(y, p, default))
         self.global_threshold = cache(lambda at_least_one: global_threshold(y, p, optimize, at_least_one))
 
@@ -250,6 +250,7 @@ def choose_policy(y_val, p_val, optimize: str = "micro", default: float = 0.5) -
     y_val = np.asarray(y_val).astype(int)
     p_val = np.asarray(p_val, dtype=float)
     pool = candidates(y_val.shape[1])
+    whole = _Fitted(y_val, p_val, optimize, default)  # the winner's thresholds, and the scores without folds
     if len(y_val) >= MIN_CV_ROWS:
         decided = [np.zeros_like(y_val) for _ in pool]
         for fit_rows, held in KFold(CV_FOLDS, shuffle=True, random_state=0).split(y_val):
@@ -258,11 +259,10 @@ def choose_policy(y_val, p_val, optimize: str = "micro", default: float = 0.5) -
                 d[held] = c.fit_from(fitted).decide(p_val[held])
         where = f"{CV_FOLDS}-fold cross-validation on the validation split"
     else:
-        fitted = _Fitted(y_val, p_val, optimize, default)
-        decided = [c.fit_from(fitted).decide(p_val) for c in pool]
+        decided = [c.fit_from(whole).decide(p_val) for c in pool]
         where = f"the validation split (too few posters, {len(y_val)}, to cross-validate)"
     scores = [score(y_val, d, optimize) for d in decided]
     best = sorted(range(len(pool)), key=lambda i: (-scores[i], -i))[0]
     reason = f"maximised {optimize} F1 in {where} ({scores[best]:.3f}) among {len(pool)} candidate rules"
-    return replace(pool[best].fit(y_val, p_val, optimize, default), reason=reason,
+    return replace(pool[best].fit_from(whole), reason=reason,
                    validation={c.label: round(s, 4) for c, s in zip(pool, scores)})
