@@ -62,16 +62,15 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     backup = work / "backup" / name
     # under multiworker every worker must resume at the same epoch, or the ones ahead wait for the others
     agree(tf.distribute.get_strategy(), backed_up_epoch(backup), f"the epoch the {name} fit resumes at")
+    stop, *schedule = stopping_and_schedule(cfg, stopping)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
-        stopping or keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
+        stop,
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history), append=True),
+        *schedule,
+        *extra_callbacks,
     ]
-    if cfg.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=PLATEAU_FACTOR,
-                                                           patience=max(1, cfg.patience // 3)))
-    callbacks.extend(extra_callbacks)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(work.parent / "tensorboard" / name)))
     if not model.optimizer.built:  # its variables made before fit: Keras then traces the train step once, not twice
@@ -80,6 +79,18 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, work: Path, name: str, class_
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
               class_weight=class_weight, shuffle=False, verbose=cfg.verbose)
     return pd.read_csv(history) if history.exists() else pd.DataFrame()
+
+
+def stopping_and_schedule(cfg: TrainConfig, stopping=None) -> list:
+    """Early stopping on the validation loss (best weights restored; or `stopping`, e.g. per OvA member)
+    and, with --lr-schedule plateau, the rate's cut when that loss stalls: every fit's, the tuner's trials'
+    included, so a search tries its settings under the schedule the run will train with."""
+    callbacks = [stopping or keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience,
+                                                           restore_best_weights=True)]
+    if cfg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=PLATEAU_FACTOR,
+                                                           patience=max(1, cfg.patience // 3)))
+    return callbacks
 
 
 def backed_up_epoch(backup: Path) -> int:

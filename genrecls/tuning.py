@@ -31,12 +31,12 @@ from genrecls.config import TrainConfig
 from genrecls.distribute import get_strategy, sync_batch_norm
 from genrecls.errors import GenreclsError
 from genrecls.heads import build_head
-from genrecls.models import build_model, compile_model, new_backbone
+from genrecls.models import build_model, compile_model, new_backbone, steps
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, cached_features, prepare_data
 from genrecls.runs import RunFolder, member_slug
 from genrecls.text import TextEncoder
-from genrecls.training import balanced_rows, imbalance_weights, member_sets
+from genrecls.training import balanced_rows, imbalance_weights, member_sets, stopping_and_schedule
 
 OBJECTIVES = {
     "val_loss": kt.Objective("val_loss", direction="min"),
@@ -200,15 +200,22 @@ def head_settings(hp: kt.HyperParameters, space: dict, text: bool = False) -> di
 
 
 class GenreHyperModel(kt.HyperModel):
-    """Builds one trial's model: a head on cached features, or backbone + head."""
+    """Builds one trial's model: a head on cached features, or backbone + head.
+
+    steps_per_epoch: the training batches per epoch, so a cosine schedule decays over the fit's steps
+    as it does in training (the OvA members' shared search passes each member's own to `build_for`)."""
 
     def __init__(self, cfg: TrainConfig, space: dict, mode: Mode, outputs: int, feature_dim: int | None,
-                 pos_weight=None, text: TextEncoder | None = None):
+                 pos_weight=None, text: TextEncoder | None = None, steps_per_epoch: int | None = None):
         super().__init__()
         self.cfg, self.space, self.mode, self.outputs = cfg, space, mode, outputs
         self.feature_dim, self.pos_weight, self.text = feature_dim, pos_weight, text
+        self.steps_per_epoch = steps_per_epoch
 
     def build(self, hp):
+        return self.build_for(hp, self.steps_per_epoch)
+
+    def build_for(self, hp, steps_per_epoch: int | None):
         s = head_settings(hp, self.space, self.text is not None)
         branch = None if self.text is None else partial(self.text.branch, width=s["text_width"],
                                                          dropout=s["text_dropout"])
@@ -219,7 +226,7 @@ class GenreHyperModel(kt.HyperModel):
         else:
             model = build_model(self.cfg, self.outputs, self.mode.activation, head=s["head"], dropout=s["dropout"],
                                 backbone=new_backbone(self.cfg, s["fine_tune_last"]), text=branch).full
-        compile_model(model, self.mode, self.cfg, s["learning_rate"], self.pos_weight)
+        compile_model(model, self.mode, self.cfg, s["learning_rate"], self.pos_weight, steps_per_epoch)
         return model
 
 
@@ -254,10 +261,10 @@ class SharedOvARandomSearch(TrialLog, kt.RandomSearch):
     def run_trial(self, trial, member_data, epochs, callbacks, verbose=0):
         histories = []
         for _ in range(self.executions_per_trial):
-            for train_ds, val_ds, weights in member_data:
+            for train_ds, val_ds, weights, member_steps in member_data:
                 keras.backend.clear_session()  # keep memory flat across members and trials
                 with self.distribution_strategy.scope() if self.distribution_strategy else contextlib.nullcontext():
-                    model = self.hypermodel.build(trial.hyperparameters)
+                    model = self.hypermodel.build_for(trial.hyperparameters, member_steps)
                 histories.append(model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
                                            callbacks=callbacks, shuffle=False, verbose=verbose))
         return histories
@@ -348,7 +355,7 @@ def tune(
     val_idx = inputs.usable(data.split.val)
     text = TextEncoder(data.texts[train_idx], cfg.text_width, cfg.text_dropout) if cfg.text else None
     feature_dim = features.dim if use_features else None
-    stop = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True)]
+    stop = stopping_and_schedule(cfg)  # as the run trains: early stopping, and the plateau schedule if asked
     directory = folder / "tuner"
     target = OBJECTIVES[objective]
 
@@ -365,7 +372,8 @@ def tune(
     if not mode.members:
         train_idx = balanced_rows(cfg, data.strata, train_idx)
         pos_weight, weights = imbalance_weights(cfg, mode, T[train_idx], data.strata[train_idx])
-        model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight, text)
+        model = GenreHyperModel(cfg, space, mode, T.shape[1], feature_dim, pos_weight, text,
+                                steps(len(train_idx), cfg.batch_size))
         tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                        cfg.epochs, directory, "search", overwrite, cfg.seed, strategy)
         tuners["all"] = search(tuner, inputs.dataset(train_idx, T[train_idx], True),
@@ -376,16 +384,17 @@ def tune(
         for j, genre in enumerate(data.vocab.names):
             tr, y_tr, va, y_va, weights = member_sets(cfg, T, train_idx, val_idx, j)
             members.append((genre, inputs.dataset(tr, y_tr[:, None], True),
-                            inputs.dataset(va, y_va[:, None], False), weights))
-        model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim, text=text)
+                            inputs.dataset(va, y_va[:, None], False), weights, steps(len(tr), cfg.batch_size)))
         if ova_scope == "shared":
+            model = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim, text=text)  # each member's steps: build_for
             tuner = _tuner(SharedOvARandomSearch, model, target, algorithm, max_trials, executions_per_trial,
                            cfg.epochs, directory, "shared", overwrite, cfg.seed, strategy)
             tuners["all"] = search(tuner, [m[1:] for m in members], epochs=cfg.epochs, callbacks=stop)
         else:
-            for j, (genre, train_ds, val_ds, weights) in enumerate(members):
+            for j, (genre, train_ds, val_ds, weights, member_steps) in enumerate(members):
                 print(f"[{j + 1}/{len(members)}] searching the {genre} member", flush=True)
-                tuner = _tuner(RandomSearch, model, target, algorithm, max_trials, executions_per_trial,
+                own = GenreHyperModel(cfg, space, MEMBER, 1, feature_dim, text=text, steps_per_epoch=member_steps)
+                tuner = _tuner(RandomSearch, own, target, algorithm, max_trials, executions_per_trial,
                                cfg.epochs, directory, member_slug(j, genre), overwrite, cfg.seed + j, strategy)
                 tuners[genre] = search(tuner, train_ds, validation_data=val_ds, epochs=cfg.epochs,
                                        callbacks=stop, class_weight=weights, shuffle=False, verbose=0)

@@ -14,7 +14,7 @@ import pytest
 
 from genrecls.cli import main
 from genrecls.errors import GenreclsError
-from genrecls.config import TrainConfig
+from genrecls.config import PLATEAU_FACTOR, TrainConfig
 from genrecls.training import train
 from genrecls.tuning import OBJECTIVES, load_space, tune
 from tests.helpers import REPO
@@ -98,6 +98,33 @@ def test_shared_ova_search_clears_the_session_between_members(demo_dir, tmp_path
     assert len(calls) >= 2 * 2  # every member of every trial starts from a clear session
     best = json.loads((tmp_path / "tune" / "config.json").read_text())
     assert best["member_overrides"] is None and len(best["head"]) == 1
+
+
+@pytest.mark.parametrize("schedule, mode, scope", [
+    ("cosine", "multilabel", "per-genre"), ("cosine", "ova", "shared"), ("cosine", "ova", "per-genre"),
+    ("plateau", "multilabel", "per-genre"), ("plateau", "ova", "shared"), ("constant", "multilabel", "per-genre")])
+def test_trials_train_under_the_runs_learning_rate_schedule(demo_dir, tmp_path, monkeypatch, schedule, mode, scope):
+    """A search tries its settings under the schedule the run will train with: cosine decays over each
+    model's own steps (to alpha 0.05 of the rate at the last step), plateau watches each fit's validation
+    loss with the run's factor (training's own test checks what the callback then does to the rate)."""
+    from genrecls.tuning import GenreHyperModel
+
+    built, watched = [], []
+    real = GenreHyperModel.build_for
+    monkeypatch.setattr(GenreHyperModel, "build_for", lambda self, hp, n: built.append(real(self, hp, n)) or built[-1])
+    plateau_end = keras.callbacks.ReduceLROnPlateau.on_epoch_end
+    monkeypatch.setattr(keras.callbacks.ReduceLROnPlateau, "on_epoch_end",
+                        lambda self, epoch, logs=None: (watched.append((self.model, self.factor)),
+                                                        plateau_end(self, epoch, logs))[1])
+    cfg = _cfg(demo_dir, mode=mode, top_k=2, epochs=3, patience=3, lr_schedule=schedule)
+    tune(cfg, tmp_path / "tune", max_trials=1, space=_space(cfg, tmp_path), ova_scope=scope)
+    trained = [m for m in built if int(m.optimizer.iterations) > 0]  # keras-tuner also builds one to list the space
+    assert len(trained) == (1 if mode == "multilabel" else 2)  # one per OvA member
+    for model in trained:
+        # SPACE's rates are 0.01 and 0.001; after the fit's last step cosine is at 5 % of the trial's
+        final = float(model.optimizer.learning_rate) / (0.05 if schedule == "cosine" else 1)
+        assert schedule == "plateau" or any(final == pytest.approx(r, rel=1e-3) for r in (0.01, 0.001))
+        assert [f for m, f in watched if m is model] == ([PLATEAU_FACTOR] * 3 if schedule == "plateau" else [])
 
 
 def test_search_space_files_and_bad_options(demo_dir, tmp_path):
