@@ -13,6 +13,7 @@ baseline it must beat, and flagged when it does not.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -66,20 +67,25 @@ def most_common_prediction(train_truth: np.ndarray, n: int) -> np.ndarray:
 # -------------------------------------------------------------------- metrics
 
 
-def map_at_k(y_true: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
-    """Mean over posters of AP@k of the top-k ranked genres (report 000).
+def ap_at_k(y_true: np.ndarray, scores: np.ndarray, k: int = 3) -> np.ndarray:
+    """Each poster's AP@k of its top-k ranked genres (report 000); NaN for a poster without genres.
 
     AP@k = sum over ranks i <= k of precision@i at each hit, divided by
-    min(k, number of true genres). Posters without genres are skipped.
+    min(k, number of true genres).
     """
     y_true = np.asarray(y_true).astype(bool)
     order = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
     hits = np.take_along_axis(y_true, order, axis=1)
     precision_at = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
     relevant = y_true.sum(axis=1)
-    keep = relevant > 0
-    ap = (precision_at * hits).sum(axis=1)[keep] / np.minimum(relevant[keep], k)
-    return float(ap.mean()) if len(ap) else 0.0
+    return np.divide((precision_at * hits).sum(axis=1), np.minimum(relevant, k),
+                     out=np.full(len(relevant), np.nan), where=relevant > 0)
+
+
+def map_at_k(y_true: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
+    """Mean over posters of AP@k (`ap_at_k`); posters without genres are skipped."""
+    ap = ap_at_k(y_true, scores, k)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
 def _per_column(metric, y_true: np.ndarray, scores: np.ndarray) -> list:
@@ -130,6 +136,7 @@ def evaluate_predictions(
     constant = prevalence_ranking(train_truth, len(y_true))
     constant_ap = _per_column(average_precision_score, y_true, constant)
     ece = expected_calibration_error(y_true, probabilities)
+    intervals = bootstrap_gains(y_true, y_pred, probabilities, common, constant, np.asarray(train_truth).mean(axis=0), k)
 
     genres = {}
     for j, name in enumerate(names):
@@ -167,7 +174,7 @@ def evaluate_predictions(
                          "at_least_one": policy.at_least_one, "shrink": policy.shrink, "reason": policy.reason,
                          "validation": policy.validation},
               "genres": genres, "overall": overall, "baselines": baselines,
-              "versus_baselines": versus_baselines(overall, baselines, k)}
+              "versus_baselines": versus_baselines(overall, baselines, k, intervals)}
     if true_class is not None:
         report["multiclass_view"] = multiclass_view(true_class, probabilities, names)
     return report
@@ -176,6 +183,96 @@ def evaluate_predictions(
 def _mean(values) -> float | None:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
+
+
+# ------------------------------------------------------------- uncertainty
+
+# A paired bootstrap over the evaluated posters: each draw resamples them with replacement, and the model and
+# its baseline are scored on the same draw, so the interval is that of the gain, not of two separate scores.
+BOOTSTRAP_DRAWS = 1000
+BOOTSTRAP_CELLS = 4_000_000  # draws x posters held at once (float32): the draws go in chunks of this size
+CONFIDENCE = 0.95
+
+
+def _f1(tp, fp, fn):
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros(np.shape(denominator)), where=denominator > 0)
+
+
+def _f1s_by_draw(W: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """Micro, macro, weighted and samples F1 (as `_f1s`, zero_division=0) on each draw: W[b, i] = how often
+    poster i is in draw b."""
+    t, p = y_true.astype("float32"), y_pred.astype("float32")
+    tp, fp, fn = W @ (t * p), W @ ((1 - t) * p), W @ (t * (1 - p))  # (draws, genres)
+    per_genre, support = _f1(tp, fp, fn), W @ t
+    per_poster = _f1((t * p).sum(axis=1), ((1 - t) * p).sum(axis=1), (t * (1 - p)).sum(axis=1))
+    return {"f1_micro": _f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1)),
+            "f1_macro": per_genre.mean(axis=1),
+            "f1_weighted": np.divide((per_genre * support).sum(axis=1), support.sum(axis=1),
+                                     out=np.zeros(len(W)), where=support.sum(axis=1) > 0),
+            "f1_samples": W @ per_poster / W.sum(axis=1)}
+
+
+def _ranking_by_draw(W: np.ndarray, y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One genre's ROC-AUC and average precision on each draw (NaN where a draw lacks positives or negatives),
+    as scikit-learn computes them: tied scores form one threshold (AUC counts a tie as half)."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # groups of tied scores, highest first
+    weights = W[:, order]
+    pos = np.add.reduceat(weights * y[order], starts, axis=1)
+    total = np.add.reduceat(weights, starts, axis=1)
+    neg = total - pos
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    both = (n_pos > 0) & (n_neg > 0)
+    precision = np.cumsum(pos, axis=1) / np.maximum(np.cumsum(total, axis=1), 1e-12)
+    ap = (pos * precision).sum(axis=1) / np.maximum(n_pos, 1e-12)
+    below = n_neg[:, None] - np.cumsum(neg, axis=1)  # negatives scored lower than each group
+    auc = (pos * (below + neg / 2)).sum(axis=1) / np.maximum(n_pos * n_neg, 1e-12)
+    return np.where(both, auc, np.nan), np.where(both, ap, np.nan)
+
+
+def _rankings_by_draw(W, y_true, scores, k: int) -> dict:
+    """mAP, MAP@k and mean ROC-AUC on each draw (a genre undefined on a draw is left out of its means)."""
+    per_genre = [_ranking_by_draw(W, y_true[:, j].astype("float32"), scores[:, j]) for j in range(y_true.shape[1])]
+    auc, ap = (np.stack(column, axis=1) for column in zip(*per_genre))
+    ap_k = ap_at_k(y_true, scores, k)
+    labelled = np.isfinite(ap_k)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):  # a draw where nothing is defined stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"map": np.nanmean(ap, axis=1), "roc_auc_mean": np.nanmean(auc, axis=1),
+                f"map_at_{k}": W[:, labelled] @ ap_k[labelled] / W[:, labelled].sum(axis=1)}
+
+
+def bootstrap_gains(y_true, y_pred, probabilities, common, constant, train_prevalence, k: int = 3,
+                    draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+    """{headline score: (low, high)}: the CONFIDENCE interval of the model's gain over its baseline
+    (`BASELINE_OF`), from a paired bootstrap over the posters. A fixed seed: the same report every time.
+
+    A gain whose interval lies above 0 is one a fresh draw of as many posters would very likely show
+    too; an interval around 0 means the data cannot tell the model from its baseline."""
+    y_true = np.asarray(y_true).astype(int)
+    probabilities, constant = np.asarray(probabilities, float), np.asarray(constant, float)
+    n = len(y_true)
+    rng = np.random.default_rng(seed)
+    gains: dict[str, list] = {}
+    chunk = max(1, BOOTSTRAP_CELLS // max(n, 1))
+    for start in range(0, draws, chunk):
+        W = rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, draws - start)).astype("float32")
+        model = {**_f1s_by_draw(W, y_true, y_pred), **_rankings_by_draw(W, y_true, probabilities, k)}
+        base = {**_f1s_by_draw(W, y_true, common), **_rankings_by_draw(W, y_true, constant, k)}
+        prevalence = (W @ y_true.astype("float32")) / W.sum(axis=1, keepdims=True)
+        base["f1_macro"] = random_guess_f1(np.broadcast_to(train_prevalence, prevalence.shape), prevalence).mean(axis=1)
+        base["roc_auc_mean"] = np.full(len(W), 0.5)
+        for key in model:
+            gains.setdefault(key, []).append(model[key] - base[key])
+    tail = (1 - CONFIDENCE) / 2 * 100
+    out = {}
+    for key, parts in gains.items():
+        values = np.concatenate(parts)
+        values = values[np.isfinite(values)]
+        out[key] = tuple(float(v) for v in np.percentile(values, [tail, 100 - tail])) if len(values) else None
+    return out
 
 
 # overall score -> the baseline it must beat (a key of report["baselines"]) and how to name it
@@ -190,8 +287,9 @@ BASELINE_OF = {
 }
 
 
-def versus_baselines(overall: dict, baselines: dict, k: int = 3) -> dict:
-    """Each headline score beside its trivial baseline, with whether it beats it."""
+def versus_baselines(overall: dict, baselines: dict, k: int = 3, intervals: dict | None = None) -> dict:
+    """Each headline score beside its trivial baseline, with whether it beats it; with `intervals`
+    (`bootstrap_gains`), the interval of the gain and whether all of it is above 0 ("clearly")."""
     out = {}
     for metric, (source, label) in BASELINE_OF.items():
         key = f"map_at_{k}" if metric == "map_at_k" else metric
@@ -199,7 +297,15 @@ def versus_baselines(overall: dict, baselines: dict, k: int = 3) -> dict:
         if model is None or base is None:
             continue
         out[key] = {"model": model, "baseline": base, "baseline_name": label, "beats": bool(model > base)}
+        interval = (intervals or {}).get(key)
+        if interval is not None:
+            out[key].update(gain_interval=list(interval), clearly_beats=verdict(model > base, interval))
     return out
+
+
+def verdict(beats: bool, interval) -> bool:
+    """Whether a score beats its baseline beyond the noise: it beats it, and the gain's interval is above 0."""
+    return bool(beats and interval[0] > 0)
 
 
 def multiclass_view(true_class: np.ndarray, probabilities: np.ndarray, names: Sequence[str]) -> dict:
@@ -227,12 +333,29 @@ def metric_name(key: str) -> str:
     return METRIC_NAMES.get(key) or (f"MAP@{key.rsplit('_', 1)[-1]}" if key.startswith("map_at_") else key)
 
 
+def gain_text(v: dict) -> str:
+    """'+0.032 [+0.011, +0.054]': a score's gain over its baseline and the gain's interval ('' if none)."""
+    interval = v.get("gain_interval")
+    gain = f"{v['model'] - v['baseline']:+.3f}"
+    return f"{gain} [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else gain
+
+
+def standing(v: dict) -> str:
+    """'yes', 'within noise' (beats it, but the gain's interval reaches 0) or 'NO'."""
+    if not v["beats"]:
+        return "NO"
+    return "within noise" if v.get("clearly_beats") is False else "yes"
+
+
 def format_versus(report: dict) -> str:
-    """One line per headline score: model, baseline, and a flag where it does not beat it."""
-    lines = [f"{'score':<14}{'model':>8}{'baseline':>10}  baseline is"]
+    """One line per headline score: model, baseline, the gain with its interval, and a flag where the
+    score does not beat its baseline, or beats it only within the noise of the evaluated posters."""
+    flags = {"yes": "", "within noise": "   <- within noise: the gain's interval includes 0",
+             "NO": "   <- does NOT beat its baseline"}
+    lines = [f"{'score':<14}{'model':>8}{'baseline':>10}  {f'gain [{CONFIDENCE:.0%} interval]':<27}baseline is"]
     for key, v in report["versus_baselines"].items():
-        flag = "" if v["beats"] else "   <- does NOT beat its baseline"
-        lines.append(f"{metric_name(key):<14}{v['model']:>8.3f}{v['baseline']:>10.3f}  {v['baseline_name']}{flag}")
+        lines.append(f"{metric_name(key):<14}{v['model']:>8.3f}{v['baseline']:>10.3f}  {gain_text(v):<27}"
+                     f"{v['baseline_name']}{flags[standing(v)]}")
     return "\n".join(lines)
 
 

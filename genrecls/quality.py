@@ -26,7 +26,7 @@ from pathlib import Path
 
 from genrecls.config import NO_BACKBONE, RECIPES, TrainConfig
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import metric_name
+from genrecls.evaluation import CONFIDENCE, metric_name
 from genrecls.modes import MODES
 from genrecls.runs import CHECKPOINTS, TRUNK
 
@@ -140,11 +140,21 @@ def summarize(report: dict, seconds: float, for_macro: dict | None = None) -> di
         "baselines": {k: {"value": round(versus[k]["baseline"], 4), "name": versus[k]["baseline_name"]}
                       for k in HEADLINE if k in versus},
         "beats": {k: versus[k]["beats"] for k in HEADLINE if k in versus},
+        "gain_intervals": {k: [round(v, 4) for v in versus[k]["gain_interval"]]
+                           for k in HEADLINE if versus.get(k, {}).get("gain_interval")},
+        "clearly_beats": {k: versus[k]["clearly_beats"] for k in HEADLINE if "clearly_beats" in versus.get(k, {})},
         "policy": report["policy"]["name"], "ece_mean": round(report["overall"]["ece_mean"], 4),
         "posters": report["overall"]["posters"], "seconds": round(seconds, 1),
         **({"for_macro": {"f1_macro": round(macro["model"], 4), "f1_micro": round(for_macro["overall"]["f1_micro"], 4),
                           "beats": macro["beats"], "policy": for_macro["policy"]["name"]}} if macro else {}),
     }
+
+
+def _flag(row: dict, key: str) -> str:
+    """' ⚠' for a score that does not beat its baseline, ' ≈' for one that beats it within the noise."""
+    if not row["beats"][key]:
+        return " ⚠"
+    return " ≈" if row.get("clearly_beats", {}).get(key) is False else ""
 
 
 def format_markdown(results: dict) -> str:
@@ -162,8 +172,7 @@ def format_markdown(results: dict) -> str:
     ]
     baselines = {}
     for mode, r in results["modes"].items():
-        cells = [f"{r['scores'][k]:.3f}" + ("" if r["beats"][k] else " ⚠") if k in r["scores"] else "–"
-                 for k in HEADLINE]
+        cells = [f"{r['scores'][k]:.3f}" + _flag(r, k) if k in r["scores"] else "–" for k in HEADLINE]
         seconds = f"{r['seconds']:.0f}" + (" †" if r.get("reused_trunk") else "")
         m = r.get("for_macro")
         macro = f"{m['f1_macro']:.3f}" + ("" if m["beats"] else " ⚠") + f" / {m['f1_micro']:.3f}" if m else "–"
@@ -173,7 +182,9 @@ def format_markdown(results: dict) -> str:
         cells = [f"{baselines[k]['value']:.3f}" if k in baselines and baselines[k]["name"] == name else ""
                  for k in HEADLINE]
         lines.append(f"| *{name}* | " + " | ".join(cells) + " | | | |")
-    lines += ["", "⚠ marks a score that does not beat its baseline. Baselines are computed on the same test "
+    lines += ["", "⚠ marks a score that does not beat its baseline, ≈ one that beats it within the noise (the "
+              f"{CONFIDENCE:.0%} interval of its gain, a paired bootstrap over the test posters, includes 0; "
+              "quality.json holds the intervals). Baselines are computed on the same test "
               "split from the training split's genre prevalence.",
               f"*{MACRO_COLUMN}*: the same model's scores with the decision rule chosen for macro F1 "
               "(`--optimize macro`) instead of the run's own."]

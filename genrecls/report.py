@@ -10,7 +10,7 @@ import pandas as pd
 from genrecls.config import NO_BACKBONE
 from genrecls.datasets import PosterTable
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import evaluate_predictions, metric_name
+from genrecls.evaluation import BOOTSTRAP_DRAWS, CONFIDENCE, evaluate_predictions, gain_text, metric_name, standing
 from genrecls.html_report import GRADCAM_IMAGES, build_gallery, data_uri, render_html
 from genrecls.plots import (
     plot_confusion_matrices,
@@ -141,7 +141,10 @@ def _fmt(value) -> str:
 # The report's tables, as text cells both report.md and report.html show.
 GENRE_COLUMNS = ("genre", "precision", "recall", "F1", "random F1", "most-common F1", "ROC-AUC", "AP", "ECE",
                  "threshold", "support")
-BASELINE_COLUMNS = ("score", "model", "baseline", "baseline is", "beats it")
+BASELINE_COLUMNS = ("score", "model", "baseline", "baseline is", f"gain [{CONFIDENCE:.0%} interval]", "beats it")
+BASELINE_NOTE = (f"The gain's interval is a paired bootstrap over the evaluated posters ({BOOTSTRAP_DRAWS} draws, "
+                 f"{CONFIDENCE:.0%}): \"within noise\" marks a score above its baseline whose interval still "
+                 "includes 0, so these posters cannot tell the model from the baseline on it.")
 WARNING_NOTE = "⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence."
 
 
@@ -158,9 +161,10 @@ def genre_rows(report: dict) -> list[tuple[list[str], bool]]:
 
 
 def baseline_rows(report: dict) -> list[tuple[list[str], bool]]:
-    """(cells, beats the baseline) per overall score, in BASELINE_COLUMNS order."""
-    return [([metric_name(key), f"{v['model']:.3f}", f"{v['baseline']:.3f}", v["baseline_name"],
-              "yes" if v["beats"] else "NO ⚠"], bool(v["beats"]))
+    """(cells, beats the baseline) per overall score, in BASELINE_COLUMNS order; the last cell says
+    yes, within noise ⚠ or NO ⚠ (`evaluation.standing`)."""
+    return [([metric_name(key), f"{v['model']:.3f}", f"{v['baseline']:.3f}", v["baseline_name"], gain_text(v),
+              standing(v) + ("" if standing(v) == "yes" else " ⚠")], bool(v["beats"]))
             for key, v in report["versus_baselines"].items()]
 
 
@@ -197,10 +201,11 @@ def render_markdown(run: Path, report: dict, plots: bool = True) -> str:
         "## Overall, against the trivial baselines",
         "",
         "| " + " | ".join(BASELINE_COLUMNS) + " |",
-        "| --- | ---: | ---: | --- | :---: |",
+        "| --- | ---: | ---: | --- | ---: | :---: |",
     ]
-    lines += ["| " + " | ".join(cells[:-1] + ["yes" if beats else "**NO** ⚠"]) + " |"
+    lines += ["| " + " | ".join(cells[:-1] + [cells[-1] if beats else "**NO** ⚠"]) + " |"
               for cells, beats in baseline_rows(report)]
+    lines += ["", BASELINE_NOTE]
     lines += [
         "",
         f"Hamming loss {o['hamming_loss']:.3f}, subset accuracy {o['subset_accuracy']:.3f}, "
@@ -249,6 +254,7 @@ def render_report_html(run: Path, report: dict, plots: bool = True, gallery: lis
         "optimistic": report["split"] == "val" and "validation" in report["policy"]["reason"],
         "genre_columns": GENRE_COLUMNS, "genre_rows": genre_rows(report), "warning_note": WARNING_NOTE,
         "baseline_columns": BASELINE_COLUMNS, "baseline_rows": baseline_rows(report),
+        "baseline_note": BASELINE_NOTE,
         "dropped": dropped_counts(report), "plots": plots, "gallery": gallery or [],
         "heatmaps": sum(bool(card["heatmap"]) for section in gallery or [] for group in section["groups"]
                         for card in group["cards"]),

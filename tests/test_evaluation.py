@@ -60,6 +60,69 @@ def test_baselines_and_map_at_k_by_hand():
     assert map_at_k(Y, P, k=2) == pytest.approx((1 + 0.25 + 1) / 3)
 
 
+def _scores_with_ties(n: int, k: int, edge: float, seed: int):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, k)) < 0.2).astype(int)
+    y[0] = 0  # a poster without genres (left out of MAP@k)
+    p = np.clip(edge * y + rng.random((n, k)), 0, 1).round(1)  # rounded: many tied scores
+    return y, p
+
+
+def test_the_bootstraps_draw_by_draw_scores_are_scikit_learns_on_the_same_posters():
+    """Each draw scores a multiset of posters: with every poster once the scores are the report's
+    own; with poster counts they are scikit-learn's on the posters repeated that often (ties included)."""
+    from genrecls.evaluation import _f1s_by_draw, _rankings_by_draw
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    y, p = _scores_with_ties(60, 4, 0.3, seed=0)
+    pred = (p > 0.5).astype(int)
+    counts = np.random.default_rng(1).multinomial(60, np.full(60, 1 / 60), size=3).astype("float32")
+    for W in (np.ones((1, 60), "float32"), counts):
+        f1s, ranks = _f1s_by_draw(W, y, pred), _rankings_by_draw(W, y, p, 2)
+        for b, w in enumerate(W.astype(int)):
+            rows = np.repeat(np.arange(60), w)
+            yb, pb = y[rows], p[rows]
+            for avg in ("micro", "macro", "weighted", "samples"):
+                assert f1s[f"f1_{avg}"][b] == pytest.approx(f1_score(yb, pred[rows], average=avg, zero_division=0))
+            defined = [j for j in range(4) if 0 < yb[:, j].sum() < len(yb)]
+            assert ranks["roc_auc_mean"][b] == pytest.approx(np.mean([roc_auc_score(yb[:, j], pb[:, j]) for j in defined]))
+            assert ranks["map"][b] == pytest.approx(np.mean([average_precision_score(yb[:, j], pb[:, j]) for j in defined]))
+            assert ranks["map_at_2"][b] == pytest.approx(map_at_k(yb, pb, 2))
+
+
+@pytest.mark.parametrize("edge, clearly", [(0.6, True), (0.0, False)])
+def test_a_gain_is_clear_only_when_its_interval_is_above_zero(edge, clearly):
+    """A model with a real edge beats every baseline clearly; one with none may beat a baseline on these
+    posters by chance, but its gain's interval then reaches 0 and the report says so."""
+    y, p = _scores_with_ties(400, 5, edge, seed=2)
+    train = _scores_with_ties(400, 5, 0.0, seed=3)[0]
+    r = evaluate_predictions(y, p, list("ABCDE"), fixed(5, 0.5), train)
+    for key, v in r["versus_baselines"].items():
+        low, high = v["gain_interval"]
+        assert low < v["model"] - v["baseline"] < high, key
+        assert v["clearly_beats"] == (v["beats"] and low > 0)
+    verdicts = [v["clearly_beats"] for v in r["versus_baselines"].values()]
+    assert all(verdicts) if clearly else not any(v["clearly_beats"] for k, v in r["versus_baselines"].items()
+                                                 if k in ("roc_auc_mean", "map"))
+    again = evaluate_predictions(y, p, list("ABCDE"), fixed(5, 0.5), train)
+    assert again["versus_baselines"] == r["versus_baselines"]  # a fixed seed: the same report every time
+
+
+def test_the_console_summary_flags_a_gain_within_noise():
+    from genrecls.evaluation import format_versus
+
+    report = {"versus_baselines": {
+        "f1_micro": {"model": 0.40, "baseline": 0.38, "baseline_name": "most common", "beats": True,
+                     "gain_interval": [-0.01, 0.05], "clearly_beats": False},
+        "f1_macro": {"model": 0.20, "baseline": 0.10, "baseline_name": "random", "beats": True,
+                     "gain_interval": [0.05, 0.15], "clearly_beats": True},
+        "map": {"model": 0.30, "baseline": 0.35, "baseline_name": "constant", "beats": False}}}  # an older run
+    micro, macro, mean_ap = format_versus(report).splitlines()[1:]
+    assert "+0.020 [-0.010, +0.050]" in micro and "within noise" in micro
+    assert "+0.100 [+0.050, +0.150]" in macro and "<-" not in macro
+    assert "does NOT beat" in mean_ap and "-0.050" in mean_ap
+
+
 def test_multiclass_decisions_and_view():
     assert argmax(3).decide(P).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]
     r = evaluate_predictions(Y, P, ["A", "B", "C"], argmax(3), TRAIN, true_class=np.array([0, 1, 1, 0]))
