@@ -145,14 +145,18 @@ BASELINE_COLUMNS = ("score", "model", "baseline", "baseline is", f"gain [{CONFID
 BASELINE_NOTE = (f"The gain's interval is a paired bootstrap over the evaluated posters ({BOOTSTRAP_DRAWS} draws, "
                  f"{CONFIDENCE:.0%}): \"within noise\" marks a score above its baseline whose interval still "
                  "includes 0, so these posters cannot tell the model from the baseline on it.")
-WARNING_NOTE = "⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence."
+WARNING_NOTE = ("⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence, ≈ one "
+                "that beats it within the noise (the 95 % interval of the gain, a paired bootstrap over the "
+                "evaluated posters, includes 0: metrics.json's f1_gain_interval).")
 
 
 def genre_rows(report: dict) -> list[tuple[list[str], bool]]:
-    """(cells, beats random) per genre, in GENRE_COLUMNS order; an F1 that does not beat random carries ⚠."""
+    """(cells, beats random) per genre, in GENRE_COLUMNS order; an F1 that does not beat random carries ⚠,
+    one that beats it within the noise ≈."""
     rows = []
     for name, m in report["genres"].items():
-        f1 = f"{m['f1']:.3f}" + ("" if m["beats_random"] else " ⚠")
+        f1 = f"{m['f1']:.3f}" + ("" if m.get("clearly_beats_random", m["beats_random"]) else
+                                  " ⚠" if not m["beats_random"] else " ≈")
         cells = [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f1, f"{m['random_f1']:.3f}",
                  f"{m['most_common_f1']:.3f}", _fmt(m["roc_auc"]), _fmt(m["average_precision"]), f"{m['ece']:.3f}",
                  _fmt(m["threshold"]), str(m["support"])]

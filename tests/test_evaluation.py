@@ -84,6 +84,8 @@ def test_the_bootstraps_draw_by_draw_scores_are_scikit_learns_on_the_same_poster
             yb, pb = y[rows], p[rows]
             for avg in ("micro", "macro", "weighted", "samples"):
                 assert f1s[f"f1_{avg}"][b] == pytest.approx(f1_score(yb, pred[rows], average=avg, zero_division=0))
+            np.testing.assert_allclose(f1s["f1_by_genre"][b], f1_score(yb, pred[rows], average=None, zero_division=0),
+                                       rtol=1e-6)
             defined = [j for j in range(4) if 0 < yb[:, j].sum() < len(yb)]
             assert ranks["roc_auc_mean"][b] == pytest.approx(np.mean([roc_auc_score(yb[:, j], pb[:, j]) for j in defined]))
             assert ranks["map"][b] == pytest.approx(np.mean([average_precision_score(yb[:, j], pb[:, j]) for j in defined]))
@@ -101,6 +103,11 @@ def test_a_gain_is_clear_only_when_its_interval_is_above_zero(edge, clearly):
         low, high = v["gain_interval"]
         assert low < v["model"] - v["baseline"] < high, key
         assert v["clearly_beats"] == (v["beats"] and low > 0)
+    for name, g in r["genres"].items():  # each genre's F1 against guessing it at random
+        low, high = g["f1_gain_interval"]
+        assert low < g["f1"] - g["random_f1"] < high, name
+        assert g["clearly_beats_random"] == (g["beats_random"] and low > 0)
+        assert g["clearly_beats_random"] or not clearly, name
     verdicts = [v["clearly_beats"] for v in r["versus_baselines"].values()]
     assert all(verdicts) if clearly else not any(v["clearly_beats"] for k, v in r["versus_baselines"].items()
                                                  if k in ("roc_auc_mean", "map"))
@@ -121,6 +128,25 @@ def test_the_console_summary_flags_a_gain_within_noise():
     assert "+0.020 [-0.010, +0.050]" in micro and "within noise" in micro
     assert "+0.100 [+0.050, +0.150]" in macro and "<-" not in macro
     assert "does NOT beat" in mean_ap and "-0.050" in mean_ap
+
+
+def test_the_per_genre_table_marks_an_f1_above_random_only_within_noise():
+    from genrecls.evaluation import format_table
+    from genrecls.report import genre_rows
+
+    def genre(f1, beats, clearly):
+        return {"precision": f1, "recall": f1, "f1": f1, "support": 5, "roc_auc": None, "average_precision": None,
+                "threshold": 0.5, "ece": 0.0, "random_f1": 0.1, "most_common_f1": 0.0, "beats_random": beats,
+                **({} if clearly is None else {"clearly_beats_random": clearly})}
+
+    report = {"genres": {"Clear": genre(0.5, True, True), "Noisy": genre(0.15, True, False),
+                         "Below": genre(0.05, False, False), "Old": genre(0.3, True, None)},  # a run from before
+              "overall": {"posters": 9}, "policy": {"name": "global"}, "versus_baselines": {}}
+    f1s = {cells[0]: cells[3] for cells, _ in genre_rows(report)}
+    assert f1s == {"Clear": "0.500", "Noisy": "0.150 ≈", "Below": "0.050 ⚠", "Old": "0.300"}
+    lines = {line.split()[0]: line for line in format_table(report).splitlines()[1:5]}
+    assert lines["Noisy"].endswith("(within noise)") and lines["Below"].endswith("<= random")
+    assert not lines["Clear"].endswith(("random", "noise)")) and not lines["Old"].endswith(("random", "noise)"))
 
 
 def test_multiclass_decisions_and_view():
