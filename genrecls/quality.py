@@ -146,15 +146,17 @@ def summarize(report: dict, seconds: float, for_macro: dict | None = None) -> di
         "policy": report["policy"]["name"], "ece_mean": round(report["overall"]["ece_mean"], 4),
         "posters": report["overall"]["posters"], "seconds": round(seconds, 1),
         **({"for_macro": {"f1_macro": round(macro["model"], 4), "f1_micro": round(for_macro["overall"]["f1_micro"], 4),
-                          "beats": macro["beats"], "policy": for_macro["policy"]["name"]}} if macro else {}),
+                          "beats": macro["beats"], **({"clearly_beats": macro["clearly_beats"]}
+                                                      if "clearly_beats" in macro else {}),
+                          "policy": for_macro["policy"]["name"]}} if macro else {}),
     }
 
 
-def _flag(row: dict, key: str) -> str:
+def _flag(beats: bool, clearly: bool | None) -> str:
     """' ⚠' for a score that does not beat its baseline, ' ≈' for one that beats it within the noise."""
-    if not row["beats"][key]:
+    if not beats:
         return " ⚠"
-    return " ≈" if row.get("clearly_beats", {}).get(key) is False else ""
+    return " ≈" if clearly is False else ""
 
 
 def format_markdown(results: dict) -> str:
@@ -172,10 +174,11 @@ def format_markdown(results: dict) -> str:
     ]
     baselines = {}
     for mode, r in results["modes"].items():
-        cells = [f"{r['scores'][k]:.3f}" + _flag(r, k) if k in r["scores"] else "–" for k in HEADLINE]
+        cells = [f"{r['scores'][k]:.3f}" + _flag(r["beats"][k], r.get("clearly_beats", {}).get(k))
+                 if k in r["scores"] else "–" for k in HEADLINE]
         seconds = f"{r['seconds']:.0f}" + (" †" if r.get("reused_trunk") else "")
         m = r.get("for_macro")
-        macro = f"{m['f1_macro']:.3f}" + ("" if m["beats"] else " ⚠") + f" / {m['f1_micro']:.3f}" if m else "–"
+        macro = f"{m['f1_macro']:.3f}" + _flag(m["beats"], m.get("clearly_beats")) + f" / {m['f1_micro']:.3f}" if m else "–"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {r['policy']} | {macro} | {seconds} |")
         baselines.update({k: v for k, v in r["baselines"].items()})
     for name in dict.fromkeys(v["name"] for v in baselines.values()):

@@ -56,3 +56,26 @@ def test_each_row_also_reports_the_decisions_for_macro_f1_without_touching_the_r
     table = (tmp_path / "out" / "quality.md").read_text()
     assert "decided for macro: macro / micro F1" in table
     assert f"{row['for_macro']['f1_macro']:.3f}" in table.split("| multilabel |")[1].splitlines()[0]
+
+
+def test_the_table_marks_a_score_within_noise_and_one_below_its_baseline():
+    from genrecls.quality import format_markdown
+
+    row = {"scores": {"f1_micro": 0.40, "f1_macro": 0.20, "roc_auc_mean": 0.45},
+           "baselines": {"f1_micro": {"value": 0.38, "name": "always the most common genres"},
+                         "f1_macro": {"value": 0.10, "name": "random"},
+                         "roc_auc_mean": {"value": 0.5, "name": "constant score"}},
+           "beats": {"f1_micro": True, "f1_macro": True, "roc_auc_mean": False},
+           "clearly_beats": {"f1_micro": False, "f1_macro": True, "roc_auc_mean": False},
+           "policy": "global", "seconds": 1.0,
+           "for_macro": {"f1_macro": 0.21, "f1_micro": 0.35, "beats": True, "clearly_beats": False, "policy": "x"}}
+    old = {**row, "for_macro": {**row["for_macro"], "clearly_beats": None}}
+    del old["clearly_beats"]  # a row measured before the intervals: no ≈, the ⚠ as before
+    results = {"date": "d", "machine": {"cpu_count": 2, "platform": "p", "tensorflow": "t", "keras": "k"},
+               "data": "ml1m", "recipe": "scratch", "settings": {}, "modes": {"new": row, "old": old}}
+    lines = {line.split(" | ")[0]: line.split(" | ") for line in format_markdown(results).splitlines()
+             if line.startswith(("| new", "| old"))}
+    assert lines["| new"][1:3] == ["0.400 ≈", "0.200"] and lines["| new"][5] == "0.450 ⚠"
+    assert lines["| new"][7] == "0.210 ≈ / 0.350"
+    assert lines["| old"][1:3] == ["0.400", "0.200"] and lines["| old"][5] == "0.450 ⚠"
+    assert lines["| old"][7] == "0.210 / 0.350"
