@@ -183,16 +183,23 @@ def _gradcam(model, images, targets, texts) -> np.ndarray:
     if not maps:
         raise GenreclsError(f"model {model.name} never used its pooling layers, so Grad-CAM has no feature map")
     grads = tape.gradient(score, maps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    heat, strength = [], []
-    for feature_map, grad in zip(maps, grads):
-        weights = tf.reduce_mean(grad, axis=(1, 2))  # the recipe's pooled gradient per channel
-        heat.append(tf.nn.relu(tf.einsum("nhwc,nc->nhw", feature_map, weights)).numpy())
-        strength.append(tf.reduce_sum(tf.abs(grad), axis=(1, 2, 3)).numpy())
-    # OvA with a backbone per member: only the member that outputs the genre has a gradient for it
-    source = np.argmax(np.stack(strength), axis=0)
-    heatmaps = np.stack([heat[m][i] for i, m in enumerate(source)])
+    heatmaps = combined_cams([m.numpy() for m in maps], [g.numpy() for g in grads])
     peak = heatmaps.max(axis=(1, 2), keepdims=True)
     return np.divide(heatmaps, peak, out=np.zeros_like(heatmaps), where=peak > 0)
+
+
+def combined_cams(maps: list, grads: list) -> np.ndarray:
+    """(n, h, w) Grad-CAM from every feature map the score reads: each map weighed by its gradient averaged per
+    channel (the recipe), the weighted maps summed over the maps, then ReLU.
+
+    Several maps come from `--trunks N` (the head reads every trunk: each adds what it contributes) and from OvA
+    members that each own a backbone (the other members' maps have no gradient for the genre, so they add 0).
+    Maps of different sizes cannot be summed: then the map with the strongest gradient speaks alone."""
+    cams = [np.einsum("nhwc,nc->nhw", feature_map, grad.mean(axis=(1, 2))) for feature_map, grad in zip(maps, grads)]
+    if len({cam.shape for cam in cams}) == 1:
+        return np.maximum(np.sum(cams, axis=0), 0)
+    strongest = np.argmax([np.abs(grad).sum(axis=(1, 2, 3)) for grad in grads], axis=0)
+    return np.stack([np.maximum(cams[m][i], 0) for i, m in enumerate(strongest)])
 
 
 def overlay(poster: Image.Image, heatmap: np.ndarray, size: int, resize: str = "pad",

@@ -80,6 +80,28 @@ def test_gradcam_of_ova_members_that_each_own_a_backbone(corner_model):
     assert_each_genre_lights_its_corner(ova)
 
 
+def test_gradcam_of_several_trunks_adds_what_each_contributes():
+    """--trunks N: the head reads every trunk's map, so the heatmap is the sum of their weighted maps: a
+    genre that trunk 0 sees in the top-left corner and trunk 1 in the bottom-right lights both corners."""
+    from genrecls.explain import combined_cams
+
+    maps = [np.zeros((1, 4, 4, 2), "float32") for _ in range(2)]
+    maps[0][0, :2, :2, 0] = 1.0  # trunk 0: channel 0 fires in the top-left
+    maps[1][0, 2:, 2:, 1] = 1.0  # trunk 1: channel 1 fires in the bottom-right
+    grads = [np.zeros_like(m) for m in maps]
+    grads[0][..., 0] = 0.5  # the score rises with both, trunk 0's a little less
+    grads[1][..., 1] = 1.0
+    grads[0][..., 1] = -2.0  # a channel that lowers the score (never fires here)
+    heat = combined_cams(maps, grads)[0]
+    assert heat[:2, :2] == pytest.approx(np.full((2, 2), 0.5)) and heat[2:, 2:] == pytest.approx(np.ones((2, 2)))
+    assert heat[:2, 2:].max() == 0 and heat[2:, :2].max() == 0
+    # an OvA member without a gradient for the genre adds nothing; maps of other sizes: the strongest alone
+    assert combined_cams([maps[0], maps[1]], [grads[0], np.zeros_like(grads[1])])[0][2:, 2:].max() == 0
+    small = np.ones((1, 2, 2, 2), "float32")
+    alone = combined_cams([maps[1], small], [grads[1], np.full_like(small, 0.01)])[0]
+    assert alone.shape == (4, 4) and alone[2:, 2:] == pytest.approx(np.ones((2, 2)))
+
+
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_gradcam_reads_the_last_feature_map_of_every_backbone(name):
     size = 75 if name == "inceptionv3" else 64
