@@ -146,8 +146,8 @@ BASELINE_NOTE = (f"The gain's interval is a paired bootstrap over the evaluated 
                  f"{CONFIDENCE:.0%}): \"within noise\" marks a score above its baseline whose interval still "
                  "includes 0, so these posters cannot tell the model from the baseline on it.")
 WARNING_NOTE = ("⚠ marks a genre whose F1 does not beat guessing at random with its training prevalence, ≈ one "
-                "that beats it within the noise (the 95 % interval of the gain, a paired bootstrap over the "
-                "evaluated posters, includes 0: metrics.json's f1_gain_interval).")
+                f"that beats it within the noise (the {CONFIDENCE:.0%} interval of the gain, a paired bootstrap over "
+                "the evaluated posters, includes 0: metrics.json's f1_gain_interval).")
 
 
 def genre_rows(report: dict) -> list[tuple[list[str], bool]]:

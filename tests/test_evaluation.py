@@ -74,7 +74,10 @@ def test_the_bootstraps_draw_by_draw_scores_are_scikit_learns_on_the_same_poster
     from genrecls.evaluation import _f1s_by_draw, _rankings_by_draw
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-    y, p = _scores_with_ties(60, 4, 0.3, seed=0)
+    y, p = _scores_with_ties(60, 6, 0.3, seed=0)
+    # a genre without positives, one whose only negative is poster 0 (the genre-less one: a draw without it
+    # has no negatives for that genre, nor a poster left out of MAP@k), a column of tied scores
+    y[:, 4], y[1:, 5], p[:, 3] = 0, 1, 0.5
     pred = (p > 0.5).astype(int)
     counts = np.random.default_rng(1).multinomial(60, np.full(60, 1 / 60), size=3).astype("float32")
     for W in (np.ones((1, 60), "float32"), counts):
@@ -86,7 +89,7 @@ def test_the_bootstraps_draw_by_draw_scores_are_scikit_learns_on_the_same_poster
                 assert f1s[f"f1_{avg}"][b] == pytest.approx(f1_score(yb, pred[rows], average=avg, zero_division=0))
             np.testing.assert_allclose(f1s["f1_by_genre"][b], f1_score(yb, pred[rows], average=None, zero_division=0),
                                        rtol=1e-6)
-            defined = [j for j in range(4) if 0 < yb[:, j].sum() < len(yb)]
+            defined = [j for j in range(6) if 0 < yb[:, j].sum() < len(yb)]
             assert ranks["roc_auc_mean"][b] == pytest.approx(np.mean([roc_auc_score(yb[:, j], pb[:, j]) for j in defined]))
             assert ranks["map"][b] == pytest.approx(np.mean([average_precision_score(yb[:, j], pb[:, j]) for j in defined]))
             assert ranks["map_at_2"][b] == pytest.approx(map_at_k(yb, pb, 2))

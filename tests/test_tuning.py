@@ -122,6 +122,8 @@ def test_trials_train_under_the_runs_learning_rate_schedule(demo_dir, tmp_path, 
     assert len(trained) == (1 if mode == "multilabel" else 2)  # one per OvA member
     for model in trained:
         # SPACE's rates are 0.01 and 0.001; after the fit's last step cosine is at 5 % of the trial's
+        if schedule == "cosine":  # over exactly the fit's steps (3 epochs: patience 3 cannot stop it earlier)
+            assert model.optimizer._learning_rate.decay_steps == int(model.optimizer.iterations)
         final = float(model.optimizer.learning_rate) / (0.05 if schedule == "cosine" else 1)
         assert schedule == "plateau" or any(final == pytest.approx(r, rel=1e-3) for r in (0.01, 0.001))
         assert [f for m, f in watched if m is model] == ([PLATEAU_FACTOR] * 3 if schedule == "plateau" else [])
