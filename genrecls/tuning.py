@@ -248,7 +248,15 @@ class RandomSearch(TrialLog, kt.RandomSearch):
 
 
 class Hyperband(TrialLog, kt.Hyperband):
-    pass
+    def _build_hypermodel(self, hp):
+        """A trial promoted to a later round is built again and reloads its weights (keras-tuner); its
+        optimizer resumes at the step that round starts from, so a cosine schedule goes on where it was."""
+        model = super()._build_hypermodel(hp)
+        done = hp.values.get("tuner/initial_epoch", 0) * (getattr(self.hypermodel, "steps_per_epoch", None) or 0)
+        if done:
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.iterations.assign(done)
+        return model
 
 
 class SharedOvARandomSearch(TrialLog, kt.RandomSearch):

@@ -129,6 +129,25 @@ def test_trials_train_under_the_runs_learning_rate_schedule(demo_dir, tmp_path, 
         assert [f for m, f in watched if m is model] == ([PLATEAU_FACTOR] * 3 if schedule == "plateau" else [])
 
 
+def test_a_hyperband_trial_promoted_to_a_later_round_resumes_its_cosine_schedule(demo_dir, tmp_path, monkeypatch):
+    """keras-tuner builds a promoted trial's model again and reloads its weights: its optimizer then starts at
+    the round's first step, so the cosine decay reaches its end (5 % of the rate) at the run's last epoch."""
+    from genrecls.tuning import GenreHyperModel
+
+    built = []
+    real = GenreHyperModel.build_for
+    monkeypatch.setattr(GenreHyperModel, "build_for", lambda self, hp, n: built.append(
+        (real(self, hp, n), hp.values.get("tuner/initial_epoch", 0), n)) or built[-1][0])
+    cfg = _cfg(demo_dir, epochs=3, patience=3, lr_schedule="cosine")
+    tune(cfg, tmp_path / "tune", space=_space(cfg, tmp_path), algorithm="hyperband")
+    promoted = [(m, start, n) for m, start, n in built if start > 0]
+    assert promoted  # max_epochs 3, factor 3: trials of 1 epoch, the best promoted to epochs 2 and 3
+    for model, start, n in promoted:
+        assert int(model.optimizer.iterations) == 3 * n  # resumed at start * n, then trained to the last epoch
+        rate = float(model.optimizer.learning_rate) / 0.05
+        assert any(rate == pytest.approx(r, rel=1e-3) for r in (0.01, 0.001))
+
+
 def test_search_space_files_and_bad_options(demo_dir, tmp_path):
     cfg = _cfg(demo_dir)
     (tmp_path / "bad.json").write_text('{"colour": [1]}')
