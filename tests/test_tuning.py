@@ -129,6 +129,8 @@ def test_trials_train_under_the_runs_learning_rate_schedule(demo_dir, tmp_path, 
         assert [f for m, f in watched if m is model] == ([PLATEAU_FACTOR] * 3 if schedule == "plateau" else [])
 
 
+# keras-tuner reloads a promoted trial's weights file, which also holds the optimizer's state; Keras skips that part
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer:UserWarning")
 def test_a_hyperband_trial_promoted_to_a_later_round_resumes_its_cosine_schedule(demo_dir, tmp_path, monkeypatch):
     """keras-tuner builds a promoted trial's model again and reloads its weights: its optimizer then starts at
     the round's first step, so the cosine decay reaches its end (5 % of the rate) at the run's last epoch."""
