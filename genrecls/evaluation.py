@@ -28,7 +28,7 @@ from sklearn.metrics import (
 )
 
 from genrecls.calibration import expected_calibration_error
-from genrecls.policies import Policy
+from genrecls.policies import Policy, f1_from_counts
 
 # ------------------------------------------------------------------ baselines
 
@@ -196,19 +196,14 @@ BOOTSTRAP_CELLS = 4_000_000  # draws x posters held at once (float32): the draws
 CONFIDENCE = 0.95
 
 
-def _f1(tp, fp, fn):
-    denominator = 2 * tp + fp + fn
-    return np.divide(2 * tp, denominator, out=np.zeros(np.shape(denominator)), where=denominator > 0)
-
-
 def _f1s_by_draw(W: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Micro, macro, weighted and samples F1 (as `_f1s`, zero_division=0) and each genre's F1 ("f1_by_genre",
     (draws, genres)) on each draw: W[b, i] = how often poster i is in draw b."""
     t, p = y_true.astype("float32"), y_pred.astype("float32")
     tp, fp, fn = W @ (t * p), W @ ((1 - t) * p), W @ (t * (1 - p))  # (draws, genres)
-    per_genre, support = _f1(tp, fp, fn), W @ t
-    per_poster = _f1((t * p).sum(axis=1), ((1 - t) * p).sum(axis=1), (t * (1 - p)).sum(axis=1))
-    return {"f1_micro": _f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1)),
+    per_genre, support = f1_from_counts(tp, fp, fn), W @ t
+    per_poster = f1_from_counts((t * p).sum(axis=1), ((1 - t) * p).sum(axis=1), (t * (1 - p)).sum(axis=1))
+    return {"f1_micro": f1_from_counts(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1)),
             "f1_macro": per_genre.mean(axis=1),
             "f1_weighted": np.divide((per_genre * support).sum(axis=1), support.sum(axis=1),
                                      out=np.zeros(len(W)), where=support.sum(axis=1) > 0),
@@ -341,17 +336,22 @@ def metric_name(key: str) -> str:
 
 
 def gain_text(v: dict) -> str:
-    """'+0.032 [+0.011, +0.054]': a score's gain over its baseline and the gain's interval ('' if none)."""
+    """'+0.032 [+0.011, +0.054]': a score's gain over its baseline and the gain's interval (the gain alone
+    for a report written before the intervals)."""
     interval = v.get("gain_interval")
     gain = f"{v['model'] - v['baseline']:+.3f}"
     return f"{gain} [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else gain
 
 
-def standing(v: dict) -> str:
-    """'yes', 'within noise' (beats it, but the gain's interval reaches 0) or 'NO'."""
-    if not v["beats"]:
+def standing(beats: bool, clearly: bool | None) -> str:
+    """'yes', 'within noise' (beats its baseline, but the gain's interval reaches 0) or 'NO'; `clearly` None:
+    a report written before the intervals, judged on `beats` alone."""
+    if not beats:
         return "NO"
-    return "within noise" if v.get("clearly_beats") is False else "yes"
+    return "within noise" if clearly is False else "yes"
+
+
+MARKS = {"yes": "", "within noise": " ≈", "NO": " ⚠"}  # beside a score in the markdown tables, by its standing
 
 
 def format_versus(report: dict) -> str:
@@ -362,16 +362,16 @@ def format_versus(report: dict) -> str:
     lines = [f"{'score':<14}{'model':>8}{'baseline':>10}  {f'gain [{CONFIDENCE:.0%} interval]':<27}baseline is"]
     for key, v in report["versus_baselines"].items():
         lines.append(f"{metric_name(key):<14}{v['model']:>8.3f}{v['baseline']:>10.3f}  {gain_text(v):<27}"
-                     f"{v['baseline_name']}{flags[standing(v)]}")
+                     f"{v['baseline_name']}{flags[standing(v['beats'], v.get('clearly_beats'))]}")
     return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:
     """The per-genre table printed at the end of training and evaluation."""
     lines = [f"{'genre':<18}{'prec':>7}{'recall':>8}{'F1':>7}{'random':>8}{'common':>8}{'support':>9}"]
+    flags = {"yes": "", "within noise": "  ~ random (within noise)", "NO": "  <= random"}
     for name, m in report["genres"].items():
-        flag = "" if m.get("clearly_beats_random", m["beats_random"]) else \
-            "  <= random" if not m["beats_random"] else "  ~ random (within noise)"
+        flag = flags[standing(m["beats_random"], m.get("clearly_beats_random"))]
         lines.append(
             f"{name:<18}{m['precision']:>7.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
             f"{m['random_f1']:>8.3f}{m['most_common_f1']:>8.3f}{m['support']:>9}{flag}"

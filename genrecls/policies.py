@@ -155,6 +155,13 @@ def score(y_true, decisions, optimize: str) -> float:
     return float(f1_score(y_true, decisions, average=optimize, zero_division=0))
 
 
+def f1_from_counts(tp, fp, fn) -> np.ndarray:
+    """F1 = 2tp / (2tp + fp + fn) elementwise, 0 where nothing is predicted or true (zero_division=0)."""
+    denominator = 2 * np.asarray(tp) + fp + fn
+    return np.divide(2 * np.asarray(tp, float), denominator, out=np.zeros(np.shape(denominator)),
+                     where=denominator > 0)
+
+
 def f1_by_cut(y_true, decided, optimize: str) -> np.ndarray:
     """The `optimize` F1 of each of C decision matrices decided (C, N, K) at once: `score` for a sweep.
 
@@ -164,12 +171,11 @@ def f1_by_cut(y_true, decided, optimize: str) -> np.ndarray:
     y = np.asarray(y_true, bool)[None]
     if optimize == "samples":
         tp = (decided & y).sum(axis=2)
-        size = decided.sum(axis=2) + y.sum(axis=2)
-        return np.divide(2 * tp, size, out=np.zeros(tp.shape), where=size > 0).mean(axis=1)
+        return f1_from_counts(tp, decided.sum(axis=2) - tp, y.sum(axis=2) - tp).mean(axis=1)
     tp, fp, fn = ((decided & y).sum(axis=1), (decided & ~y).sum(axis=1), (~decided & y).sum(axis=1))
     if optimize == "micro":
         tp, fp, fn = tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1)
-    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(tp.shape), where=(2 * tp + fp + fn) > 0)
+    f1 = f1_from_counts(tp, fp, fn)
     if optimize == "micro":
         return f1
     if optimize == "macro":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from genrecls.config import NO_BACKBONE, RECIPES, TrainConfig
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import CONFIDENCE, metric_name
+from genrecls.evaluation import CONFIDENCE, MARKS, metric_name, standing
 from genrecls.modes import MODES
 from genrecls.runs import CHECKPOINTS, TRUNK
 
@@ -152,13 +152,6 @@ def summarize(report: dict, seconds: float, for_macro: dict | None = None) -> di
     }
 
 
-def _flag(beats: bool, clearly: bool | None) -> str:
-    """' ⚠' for a score that does not beat its baseline, ' ≈' for one that beats it within the noise."""
-    if not beats:
-        return " ⚠"
-    return " ≈" if clearly is False else ""
-
-
 def format_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -174,11 +167,11 @@ def format_markdown(results: dict) -> str:
     ]
     baselines = {}
     for mode, r in results["modes"].items():
-        cells = [f"{r['scores'][k]:.3f}" + _flag(r["beats"][k], r.get("clearly_beats", {}).get(k))
+        cells = [f"{r['scores'][k]:.3f}" + MARKS[standing(r["beats"][k], r.get("clearly_beats", {}).get(k))]
                  if k in r["scores"] else "–" for k in HEADLINE]
         seconds = f"{r['seconds']:.0f}" + (" †" if r.get("reused_trunk") else "")
         m = r.get("for_macro")
-        macro = f"{m['f1_macro']:.3f}" + _flag(m["beats"], m.get("clearly_beats")) + f" / {m['f1_micro']:.3f}" if m else "–"
+        macro = f"{m['f1_macro']:.3f}" + MARKS[standing(m["beats"], m.get("clearly_beats"))] + f" / {m['f1_micro']:.3f}" if m else "–"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {r['policy']} | {macro} | {seconds} |")
         baselines.update({k: v for k, v in r["baselines"].items()})
     for name in dict.fromkeys(v["name"] for v in baselines.values()):

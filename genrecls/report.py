@@ -10,7 +10,8 @@ import pandas as pd
 from genrecls.config import NO_BACKBONE
 from genrecls.datasets import PosterTable
 from genrecls.errors import GenreclsError
-from genrecls.evaluation import BOOTSTRAP_DRAWS, CONFIDENCE, evaluate_predictions, gain_text, metric_name, standing
+from genrecls.evaluation import (BOOTSTRAP_DRAWS, CONFIDENCE, MARKS, evaluate_predictions, gain_text, metric_name,
+                                 standing)
 from genrecls.html_report import GRADCAM_IMAGES, build_gallery, data_uri, render_html
 from genrecls.plots import (
     plot_confusion_matrices,
@@ -155,8 +156,7 @@ def genre_rows(report: dict) -> list[tuple[list[str], bool]]:
     one that beats it within the noise ≈."""
     rows = []
     for name, m in report["genres"].items():
-        f1 = f"{m['f1']:.3f}" + ("" if m.get("clearly_beats_random", m["beats_random"]) else
-                                  " ⚠" if not m["beats_random"] else " ≈")
+        f1 = f"{m['f1']:.3f}" + MARKS[standing(m["beats_random"], m.get("clearly_beats_random"))]
         cells = [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f1, f"{m['random_f1']:.3f}",
                  f"{m['most_common_f1']:.3f}", _fmt(m["roc_auc"]), _fmt(m["average_precision"]), f"{m['ece']:.3f}",
                  _fmt(m["threshold"]), str(m["support"])]
@@ -167,9 +167,12 @@ def genre_rows(report: dict) -> list[tuple[list[str], bool]]:
 def baseline_rows(report: dict) -> list[tuple[list[str], bool]]:
     """(cells, beats the baseline) per overall score, in BASELINE_COLUMNS order; the last cell says
     yes, within noise ⚠ or NO ⚠ (`evaluation.standing`)."""
-    return [([metric_name(key), f"{v['model']:.3f}", f"{v['baseline']:.3f}", v["baseline_name"], gain_text(v),
-              standing(v) + ("" if standing(v) == "yes" else " ⚠")], bool(v["beats"]))
-            for key, v in report["versus_baselines"].items()]
+    rows = []
+    for key, v in report["versus_baselines"].items():
+        verdict = standing(v["beats"], v.get("clearly_beats"))
+        rows.append(([metric_name(key), f"{v['model']:.3f}", f"{v['baseline']:.3f}", v["baseline_name"], gain_text(v),
+                      verdict + ("" if verdict == "yes" else " ⚠")], bool(v["beats"])))
+    return rows
 
 
 def dropped_counts(report: dict) -> list[tuple[str, int]]:
