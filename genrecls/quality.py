@@ -171,7 +171,8 @@ def format_markdown(results: dict) -> str:
                  if k in r["scores"] else "–" for k in HEADLINE]
         seconds = f"{r['seconds']:.0f}" + (" †" if r.get("reused_trunk") else "")
         m = r.get("for_macro")
-        macro = f"{m['f1_macro']:.3f}" + MARKS[standing(m["beats"], m.get("clearly_beats"))] + f" / {m['f1_micro']:.3f}" if m else "–"
+        macro = (f"{m['f1_macro']:.3f}" + MARKS[standing(m["beats"], m.get("clearly_beats"))]
+                 + f" / {m['f1_micro']:.3f}") if m else "–"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {r['policy']} | {macro} | {seconds} |")
         baselines.update({k: v for k, v in r["baselines"].items()})
     for name in dict.fromkeys(v["name"] for v in baselines.values()):
