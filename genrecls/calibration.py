@@ -50,7 +50,10 @@ def fit_platt(y_val, p_val, min_positives: int = 5) -> tuple[np.ndarray, np.ndar
     """Per-genre (scale, bias) of a logistic regression on the validation logits.
 
     A genre with fewer than `min_positives` positives (or negatives) in
-    validation keeps the identity: too few points to fit two numbers.
+    validation keeps the identity: too few points to fit two numbers. So does
+    a genre whose fitted scale is not positive: its validation posters rank
+    against the model's scores, which on a few hundred posters is noise, and
+    a negative scale would turn its ranking upside down for every poster.
     """
     y_val = np.asarray(y_val).astype(int)
     z = logit(np.clip(np.asarray(p_val, float), EPS, 1 - EPS))
@@ -60,7 +63,8 @@ def fit_platt(y_val, p_val, min_positives: int = 5) -> tuple[np.ndarray, np.ndar
         if min(positives, len(y_val) - positives) < min_positives:
             continue
         lr = LogisticRegression(C=1.0).fit(z[:, [j]], y_val[:, j])
-        scale[j], bias[j] = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if lr.coef_[0, 0] > 0:
+            scale[j], bias[j] = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     return scale, bias
 
 

@@ -53,6 +53,19 @@ def test_platt_recovers_a_known_distortion_and_temperature_a_known_scale():
     sparse[:3] = 1  # too few positives to fit: identity
     assert calibration.fit_platt(sparse, rng.random((100, 1))) == ([1.0], [0.0])
 
+
+def test_platt_never_turns_a_genre_upside_down():
+    """Validation posters that rank against a genre's scores (noise on a rare genre) keep its identity;
+    a genre beside it is still fitted."""
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1, (400, 2))
+    y = np.stack([rng.random(400) < expit(2 * z[:, 0]), rng.random(400) < expit(-2 * z[:, 1])], axis=1).astype(int)
+    scale, bias = calibration.fit_platt(y, expit(z))
+    assert scale[0] > 1 and (scale[1], bias[1]) == (1.0, 0.0)
+    # the flipped genre's order on new posters is the model's own
+    fresh = expit(np.sort(rng.normal(0, 1, (50, 2)), axis=0))
+    assert (np.diff(calibration.apply(fresh, scale, bias), axis=0) > 0).all()
+
     logits = rng.normal(0, 1.5, (20_000, 4))
     truth = np.array([rng.choice(4, p=row) for row in np.exp(logits) / np.exp(logits).sum(1, keepdims=True)])
     hot = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)  # three times too confident
