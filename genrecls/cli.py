@@ -356,7 +356,8 @@ TRAINING_OPTIONS = {
          "multiclass always uses categorical cross-entropy", {"choices": "LOSSES"}),
         ("--label-smoothing", "label smoothing of the loss", {"type": _number(float, 0, 0.49)}),
         ("--calibration", "none; prior: undo the shift of balanced OvA sets, --balance and --class-weight; "
-         "platt: prior, then Platt (temperature for multiclass) scaling fitted on validation",
+         "platt: prior, then Platt (temperature for multiclass) scaling fitted on validation; "
+         "default: platt for ova, prior for the other modes",
          {"choices": "CALIBRATIONS"}),
         ("--optimize", "the F1 average the decision rule maximises (5-fold cross-validation on the validation "
          "split)", {"choices": "OPTIMIZE"}),

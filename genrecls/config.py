@@ -57,7 +57,7 @@ FEATURE_SHARD_ROWS = 4096
 # pretrained weights on a CPU (README, "Quality"); "report002" is report 002's pretrained setting.
 RECIPES = {
     "scratch": dict(backbone="simple", weights=None, image_size=128, head=(256,), dropout=0.5, augment=True,
-                    batch_size=32, epochs=40, patience=6, trunk="shared", calibration="prior"),
+                    batch_size=32, epochs=40, patience=6, trunk="shared"),
     "report002": dict(backbone="efficientnetv2b0", weights="imagenet", image_size=224, head=(512, 256),
                       batch_size=128, epochs=10, patience=3, trunk="end-to-end"),
 }
@@ -216,7 +216,7 @@ RULES = {
     "shard": _shard,
     "loss": _choice(LOSSES),
     "label_smoothing": _float(0, 0.5, hi_open=True),
-    "calibration": _choice(CALIBRATIONS),
+    "calibration": _choice(CALIBRATIONS + ("default",)),
     "optimize": _choice(OPTIMIZE),
     "learning_rate": _float(0, 1, lo_open=True),
     "lr_schedule": _choice(LR_SCHEDULES),
@@ -277,7 +277,7 @@ class TrainConfig:
     # loss, probabilities and decisions
     loss: str = "bce"
     label_smoothing: float = 0.0
-    calibration: str = "prior"
+    calibration: str = "default"  # the mode's (modes.Mode.calibration): platt for ova, prior otherwise
     optimize: str = "micro"  # the F1 average the decision policy maximises on validation
     # fitting
     learning_rate: float = 1e-3
@@ -299,6 +299,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, RULES[f.name](f.name, getattr(self, f.name)))
         self.data = os.path.abspath(self.data)
+        if self.calibration == "default":
+            self.calibration = MODES[self.mode].calibration
         if self.feature_store:
             self.feature_store = os.path.abspath(os.path.expanduser(self.feature_store))
         if self.backbone == NO_BACKBONE:

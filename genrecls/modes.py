@@ -27,6 +27,9 @@ class Mode:
     one_hot: bool  # learns the collapsed single label (one-hot) instead of the multi-hot genres
     members: bool  # built from one binary member per genre
     description: str
+    # --calibration's default (config.CALIBRATIONS): OvA members are fitted apart, each on its own balanced set,
+    # so their probabilities are put on one scale per genre on validation (Platt) as well as prior-corrected
+    calibration: str = "prior"
 
     def targets(self, Y: np.ndarray, strata: np.ndarray) -> np.ndarray:
         """What the model learns from multi-hot genres Y and the collapsed label of each poster."""
@@ -75,7 +78,7 @@ MODES: dict[str, Mode] = {
     "multilabel": Mode("multilabel", "sigmoid", one_hot=False, members=False,
                        description="every genre of a poster, one sigmoid per genre"),
     "ova": Mode("ova", "sigmoid", one_hot=False, members=True,
-                description="one binary member per genre on its own balanced set (report 002)"),
+                description="one binary member per genre on its own balanced set (report 002)", calibration="platt"),
 }
 # One binary OvA member, labels shaped (N, 1): not a user-facing mode.
 MEMBER = Mode("member", "sigmoid", one_hot=False, members=False,

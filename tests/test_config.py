@@ -88,6 +88,18 @@ def test_cli_choices_and_defaults_come_from_config(capsys):
     assert f"[{default('patience')}]" in text
 
 
+def test_calibration_defaults_to_the_modes_and_a_choice_is_kept(tmp_path):
+    """OvA's independently fitted members get Platt scaling by default; the other modes the prior correction."""
+    made = {mode: TrainConfig(data=str(tmp_path), mode=mode).calibration for mode in MODES}
+    assert made == {"multiclass": "prior", "multilabel": "prior", "ova": "platt"}
+    assert TrainConfig(data=str(tmp_path), mode="ova", calibration="prior").calibration == "prior"
+    cfg = TrainConfig(data=str(tmp_path), mode="ova")
+    assert TrainConfig.from_json(cfg.to_json()).calibration == "platt"  # saved resolved: a run keeps its own
+    assert TrainConfig.from_json({**cfg.to_json(), "calibration": "prior"}).calibration == "prior"  # runs saved before
+    with pytest.raises(GenreclsError, match="calibration must be one of none, prior, platt"):
+        TrainConfig(data=str(tmp_path), calibration="isotonic")
+
+
 def test_a_config_saved_with_the_old_ova_trunk_setting_still_loads(tmp_path):
     old = TrainConfig.from_json({"data": str(tmp_path), "ova_trunk": "separate"})
     assert old.trunk == "end-to-end"
