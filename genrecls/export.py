@@ -85,8 +85,15 @@ def claim_export(out: Path, format: str) -> None:
     A user's file or folder is refused; genrecls never overwrites what it did not write.
     """
     if format == "tflite":
-        if out.is_dir() or out.is_symlink() or (out.exists() and not _ours(out.with_suffix(".json"))):
+        if out.suffix != ".tflite":  # its metadata goes beside it as NAME.json: never the file itself
+            raise GenreclsError(f"name the LiteRT file NAME.tflite, not {out.name}")
+        meta = out.with_suffix(".json")
+        ours = _ours(meta)
+        if out.is_dir() or out.is_symlink() or (out.exists() and not ours):
             raise GenreclsError(f"{out} already exists and is not a LiteRT export of genrecls's; name a new file")
+        if meta.is_dir() or meta.is_symlink() or (meta.exists() and not ours):
+            raise GenreclsError(f"{meta} already exists and genrecls did not write it; the export writes the "
+                                f"genres and decisions there, so name another .tflite file")
         if not out.parent.is_dir():
             raise GenreclsError(f"the folder of {out} is missing; create it first")
         return

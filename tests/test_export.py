@@ -123,6 +123,21 @@ def test_tflite_export_matches(tiny_runs, tmp_path):
     np.testing.assert_allclose(out, load_run_model(tiny_runs["multilabel"])(x).numpy(), atol=1e-5)
 
 
+def test_a_tflite_export_never_overwrites_a_users_file_beside_it(tmp_path):
+    from genrecls.export import claim_export
+
+    (tmp_path / "model.json").write_text('{"mine": "precious"}')
+    with pytest.raises(GenreclsError, match="model.json already exists and genrecls did not write it"):
+        claim_export(tmp_path / "model.tflite", "tflite")
+    assert (tmp_path / "model.json").read_text() == '{"mine": "precious"}'
+    with pytest.raises(GenreclsError, match="name the LiteRT file NAME.tflite"):
+        claim_export(tmp_path / "model.json", "tflite")
+    (tmp_path / "old.tflite").write_bytes(b"TFL3")  # an earlier export of genrecls's: replaced
+    (tmp_path / "old.json").write_text('{"genrecls": "0.1", "genres": []}')
+    claim_export(tmp_path / "old.tflite", "tflite")
+    claim_export(tmp_path / "new.tflite", "tflite")  # nothing there yet
+
+
 def test_unsafe_models_are_refused(tmp_path):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
