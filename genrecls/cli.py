@@ -659,7 +659,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genrecls: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        print("genrecls: error: out of memory; try a smaller --batch-size, --image-size or --head "
+              f"({type(exc).__name__})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """Python's MemoryError or TensorFlow's (imported only if the command already did)."""
+    tf = sys.modules.get("tensorflow")
+    return isinstance(exc, MemoryError) or (tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from genrecls.errors import GenreclsError
 OUTPUT = "probabilities"  # the name of every head's output layer (Grad-CAM reads its logits)
 
 # Named widths that mirror the reports; any comma list works too.
+MAX_UNITS = 16384  # widest hidden layer accepted: a wider one exhausts memory before it learns anything
 HEAD_PRESETS = {
     "report002": (512, 256),  # two hidden layers; the second is what report 002 tuned (64..512)
     "report004": (1024, 128),
@@ -39,8 +40,8 @@ def parse_units(spec: str | Sequence[int]) -> tuple[int, ...]:
             raise GenreclsError(
                 f"head {spec!r} is neither a preset ({', '.join(HEAD_PRESETS)}) nor widths like 256,128"
             ) from None
-    if any(u <= 0 for u in units):
-        raise GenreclsError(f"head widths must be positive, not {units}")
+    if any(not 0 < u <= MAX_UNITS for u in units):
+        raise GenreclsError(f"head widths must be whole numbers in [1, {MAX_UNITS}], not {units}")
     return units
 
 

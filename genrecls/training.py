@@ -175,8 +175,8 @@ class Trainer:
             self.folder = folder = self._claim(strategy)
             try:
                 self._run(folder, data, backbone, trainable, started)
-            except GenreclsError:
-                folder.release()  # a run that failed before its first epoch leaves nothing to --overwrite
+            except BaseException:  # a mistake, out of memory, Ctrl-C: whatever stops a run
+                folder.release()  # before its first checkpoint leaves nothing to --overwrite
                 raise
         if self.task.chief:
             if not cfg.shard:

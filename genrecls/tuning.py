@@ -30,6 +30,7 @@ from keras_tuner.src import config as kt_config
 from genrecls.config import TrainConfig
 from genrecls.distribute import get_strategy, sync_batch_norm
 from genrecls.errors import GenreclsError
+from genrecls.heads import MAX_UNITS
 from genrecls.heads import build_head
 from genrecls.models import build_model, compile_model, new_backbone, steps
 from genrecls.modes import MEMBER, Mode, get_mode
@@ -117,7 +118,7 @@ def _number(v) -> bool:
 
 # What one value of each key must be (the ranges TrainConfig accepts for the same setting).
 VALUES = {
-    "units": (lambda v: _whole(v) and v > 0, "a positive whole number"),
+    "units": (lambda v: _whole(v) and 0 < v <= MAX_UNITS, f"a whole number in [1, {MAX_UNITS}]"),
     "dropout": (lambda v: isinstance(v, bool), "true or false"),
     "dropout_rate": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "learning_rate": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),

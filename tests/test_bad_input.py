@@ -92,6 +92,7 @@ OPTION_CASES = {
     "evaluate threshold above one": (["evaluate", "{run}", "--threshold", "1.5"], "--threshold"),
     "unknown mode": (TRAIN + ["--mode", "fuzzy"], "--mode"),
     "demo-data per-genre zero": (["demo-data", "{tmp}/demo", "--per-genre", "0"], "--per-genre"),
+    "head wider than memory": (TRAIN + ["--head", "99999999"], "head widths", "16384"),
     "max pixels zero": (["summary", "{data}", "--max-pixels", "0"], "--max-pixels"),
 }
 
@@ -204,6 +205,22 @@ def test_resuming_a_damaged_run_names_the_file(damage, ctx, capsys):
     before = snapshot(ctx["data"], ctx["user"])
     fails_cleanly(_fill(TRAIN[:-1], ctx) + [run, "--weights", "none"], capsys, name)
     assert snapshot(ctx["data"], ctx["user"]) == before and run.is_dir()
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_nothing_to_overwrite(ctx, capsys, monkeypatch):
+    import tensorflow as tf
+
+    from genrecls.training import Trainer
+
+    def exhausted(self, *args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[128,99999999]")
+
+    monkeypatch.setattr(Trainer, "_run", exhausted)
+    fails_cleanly(_fill(TRAIN, ctx), capsys, "out of memory", "--batch-size")
+    out = ctx["tmp"] / "out"
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.undo()  # the corrected command needs no --overwrite
+    assert main(_fill(TRAIN, ctx) + ["--weights", "none", "--no-report", "--quiet"]) == 0
 
 
 def test_a_failed_train_leaves_nothing_to_overwrite(ctx, capsys):

@@ -37,6 +37,7 @@ def test_importing_config_does_not_import_tensorflow():
     ({"loss": "hinge"}, "loss must be one of bce, focal, soft-f1"),
     ({"optimize": "accuracy"}, "optimize must be one of"),
     ({"head": "wide"}, "head 'wide' is neither a preset"),
+    ({"head": "99999999"}, "head widths must be whole numbers in \\[1, 16384\\]"),
     ({"augment": "yes"}, "augment must be true or false"),
     ({"member_overrides": {"Drama": {"depth": 3}}}, "member-overrides of Drama must be a mapping with keys"),
     ({"fine_tune_last": 3, "freeze_until": 2}, "either --fine-tune-last or --freeze-until"),

@@ -282,6 +282,7 @@ BAD_SPACES = [  # (file content, what the one-line error must name)
     ('{"units": [{"min": 8}]}', "units[0]"),
     ('{"units": [{"min": 8, "max": 32, "step": 0}]}', "units[0].step"),
     ('{"units": [[16, "32"]]}', "units[0]"),
+    ('{"units": [[99999999]]}', "units[0] must be a whole number in [1, 16384]"),
     ('{"fine_tune_last": [0.5]}', "fine_tune_last"),
 ]
 
