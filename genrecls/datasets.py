@@ -16,6 +16,7 @@ Every row that cannot be used is dropped *and counted* in a `DropReport`
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import unicodedata
@@ -33,6 +34,8 @@ from genrecls.config import MAX_PIXELS
 from genrecls.errors import GenreclsError
 from genrecls.progress import progress_bar
 from genrecls.text import clean_text
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("movielens", "letterboxd", "kaggle", "csv")
 # The file whose presence identifies each format, checked in this order.
@@ -233,12 +236,30 @@ def image_problems(paths: list[str], max_pixels: int | None = MAX_PIXELS, worker
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 if it decodes, else Latin-1 (old MovieLens and Kaggle files)."""
+    """UTF-8 if it decodes, else Latin-1 (old MovieLens and Kaggle files).
+
+    A UTF-8 file with a few lines that are not (a title pasted from elsewhere) is read line by line, so one
+    stray byte does not turn every accented name of the file into mojibake; a warning names those lines.
+    """
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        pass
+    lines, latin = raw.splitlines(keepends=True), []
+    for i, line in enumerate(lines):
+        try:
+            lines[i] = line.decode("utf-8-sig" if i == 0 else "utf-8")
+        except UnicodeDecodeError:
+            lines[i] = line.decode("latin-1")
+            latin.append(i + 1)
+    bad = set(latin)
+    if all(raw_line.isascii() for i, raw_line in enumerate(raw.splitlines(), 1) if i not in bad):
+        return raw.decode("latin-1")  # no UTF-8 beside them: a Latin-1 file
+    shown = ", ".join(map(str, latin[:10])) + (f" and {len(latin) - 10} more" if len(latin) > 10 else "")
+    log.warning("%s is UTF-8 but %d line(s) are not (line %s); read those as Latin-1, check their text",
+                path, len(latin), shown)
+    return "".join(lines)
 
 
 def _csv_rows(text: str, sep: str, dropped: DropReport) -> tuple[list[str] | None, list[list[str]]]:

@@ -74,6 +74,20 @@ def test_movielens_drops_are_counted(tmp_path):
     assert "3::Broken line" in table.dropped.examples[UNPARSEABLE][0]
 
 
+def test_one_stray_latin1_line_does_not_garble_a_utf8_table(tmp_path, caplog):
+    rows = ["path,title,genres", "posters/1.jpg,Le Dîner,Comédie", "posters/2.jpg,Amélie,Comédie|Romance",
+            "posters/3.jpg,Bad Byte,Drama"]
+    data = "\n".join(rows).encode("utf-8").replace(b"Bad Byte", "Caf\u00e9 Olé".encode("latin-1"))
+    (tmp_path / "labels.csv").write_bytes(data)
+    for movie_id in "123":
+        write_image(tmp_path / "posters" / f"{movie_id}.jpg")
+    with caplog.at_level("WARNING"):
+        table = load_dataset(tmp_path)
+    assert table.frame["genres"].tolist()[:2] == [["Comédie"], ["Comédie", "Romance"]]
+    assert table.frame["title"].tolist() == ["Le Dîner", "Amélie", "Café Olé"]
+    assert "1 line(s) are not (line 4)" in caplog.text
+
+
 def test_letterboxd_long_form(tmp_path):
     (tmp_path / "genres.csv").write_text(
         "id,genre\n10,Action\n10,Drama\n11, western \n12,Horror\n10,Action\n13,\n"
