@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from genrecls.errors import GenreclsError
+from genrecls.runs import claim_outputs
 
 if TYPE_CHECKING:
     from genrecls.datasets import PosterTable
@@ -699,6 +700,9 @@ def _choose_sections(sections) -> list[str]:
     return [s for s in SECTION_NAMES if s in chosen]
 
 
+MD_HEAD = "# genrecls benchmarks"  # how results.md shows genrecls wrote it (and may replace it)
+
+
 def _write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
@@ -717,8 +721,9 @@ def run_benchmarks(data=None, out="benchmarks", scale: float = 1.0, sections=Non
 
     if not scale > 0:
         raise GenreclsError(f"scale must be positive, not {scale}")
-    chosen = _choose_sections(sections)
     out = Path(out)
+    claim_outputs(out, "results.json", "sections", "results.md", MD_HEAD)
+    chosen = _choose_sections(sections)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="genrecls-bench-") as tmp:
         work = Path(tmp)
@@ -753,7 +758,7 @@ def format_markdown(results: dict) -> str:
     """A short table: one row per check, then notes."""
     m = results.get("machine", {})
     lines = [
-        "# genrecls benchmarks",
+        MD_HEAD,
         "",
         (f"{results.get('date', '')}, {m.get('cpu_count')} CPUs, {m.get('platform', '')}, "
          f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}; data {results.get('data')} "

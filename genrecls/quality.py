@@ -28,9 +28,10 @@ from genrecls.config import NO_BACKBONE, RECIPES, TrainConfig
 from genrecls.errors import GenreclsError
 from genrecls.evaluation import CONFIDENCE, MARKS, metric_name, standing
 from genrecls.modes import MODES
-from genrecls.runs import CHECKPOINTS, TRUNK
+from genrecls.runs import CHECKPOINTS, TRUNK, claim_outputs
 
 ML1M = Path("../shared/datasets/ml1m")  # relative to where the command runs: the repository root
+MD_HEAD = "# genrecls quality"  # how quality.md shows genrecls wrote it (and may replace it)
 HEADLINE = ("f1_micro", "f1_macro", "f1_weighted", "map_at_3", "roc_auc_mean")
 MACRO_COLUMN = "decided for macro: macro / micro F1"
 # What a row feeds the model: its label after the mode's name, and the settings it changes.
@@ -58,6 +59,8 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
     from genrecls.report import evaluate_run
     from genrecls.training import train, versions
 
+    out = Path(out)
+    claim_outputs(out, "quality.json", "modes", "quality.md", MD_HEAD)
     if recipe not in RECIPES:
         raise GenreclsError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
     modes = list(modes or MODES)
@@ -68,7 +71,6 @@ def run_quality(data=None, out="benchmarks", runs="models/quality", modes=None, 
     unknown = [i for i in inputs if i not in INPUTS]
     if unknown:
         raise GenreclsError(f"unknown input(s) {', '.join(unknown)}; choose from {', '.join(INPUTS)}")
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**RECIPES[recipe], **({"epochs": epochs} if epochs else {})}
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -155,7 +157,7 @@ def summarize(report: dict, seconds: float, for_macro: dict | None = None) -> di
 def format_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
-        "# genrecls quality: every mode beside its trivial baselines",
+        MD_HEAD + ": every mode beside its trivial baselines",
         "",
         f"{results['date']}, {m['cpu_count']} CPUs, {m['platform']}, TensorFlow {m['tensorflow']}, "
         f"Keras {m['keras']}; data `{results['data']}`, recipe `{results['recipe']}`: "

@@ -97,6 +97,27 @@ def _checked_config(path: Path, doc: dict) -> TrainConfig:
         raise damaged(path, "settings", exc) from None
 
 
+def claim_outputs(out: Path, json_name: str, json_key: str, md_name: str, md_head: str) -> None:
+    """Refuse to write a benchmark's OUT/NAME.json and NAME.md over files genrecls did not write.
+
+    Ours: the JSON is an object holding `json_key`, the Markdown starts with `md_head`."""
+    if out.exists() and not out.is_dir():
+        raise GenreclsError(f"--out {out} is a file; name a folder for {json_name} and {md_name}")
+    for path, ours in ((out / json_name, lambda text: json_key in _json_object(text)),
+                       (out / md_name, lambda text: text.startswith(md_head))):
+        if path.is_symlink() or path.is_dir() or \
+                (path.exists() and not ours(path.read_text(encoding="utf-8", errors="replace"))):
+            raise GenreclsError(f"{path} exists and genrecls did not write it; name another --out folder")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def save_keras(model, path: Path) -> Path:
     """model.save through a temporary name, so a kill never leaves a half-written model behind."""
     tmp = path.with_name(path.stem + ".partial.keras")

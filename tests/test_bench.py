@@ -66,3 +66,23 @@ def test_every_section_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
 def test_unknown_section_is_a_clear_error(tmp_path):
     with pytest.raises(GenreclsError, match="choose from"):
         bench.run_benchmarks(data=tmp_path, out=tmp_path / "out", sections=["speed"])
+
+
+@pytest.mark.parametrize("run, names", [
+    (lambda out: bench.run_benchmarks(out=out, sections=["nothing-yet"]), ("results.json", "results.md")),
+    (lambda out: __import__("genrecls.quality").quality.run_quality(data=out, out=out, modes=["none"]),
+     ("quality.json", "quality.md")),
+])
+def test_a_benchmark_never_overwrites_a_users_files_in_its_out_folder(tmp_path, run, names):
+    """--out may hold only what genrecls wrote there: a user's results.md, or a JSON list, stays as it was."""
+    for mine in (dict.fromkeys(names, "my notes"), {names[0]: "[1, 2]"}, {names[0]: '{"mine": 1}'}):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        out.mkdir()
+        for name, text in mine.items():
+            (out / name).write_text(text)
+        with pytest.raises(GenreclsError, match="exists and genrecls did not write it; name another --out"):
+            run(out)
+        assert {name: (out / name).read_text() for name in mine} == mine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GenreclsError, match="is a file; name a folder"):
+        run(tmp_path / "file")
