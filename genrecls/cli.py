@@ -157,15 +157,22 @@ def cmd_evaluate(args) -> None:
     _print_evaluation(args.run, report)
 
 
+def _count_failures(results: list, done: str) -> None:
+    """Say how many files failed (each already has its error line); exit 1 when none succeeded."""
+    failed = sum(1 for r in results if r["error"])
+    if failed and failed == len(results):
+        raise GenreclsError(f"none of the {len(results)} files could be {done}")
+    if failed:
+        print(f"{failed} of {len(results)} files could not be {done}", file=sys.stderr)
+
+
 def cmd_explain(args) -> None:
     from genrecls.explain import explain_posters, format_explanations
 
     results = explain_posters(args.run, args.posters, genres=args.genres, top_k=args.top_k, out=args.out,
                               texts=args.text)
     print(format_explanations(results))
-    failed = sum(1 for r in results if r["error"])
-    if failed:
-        print(f"{failed} of {len(results)} files could not be explained", file=sys.stderr)
+    _count_failures(results, "explained")
 
 
 def cmd_compare(args) -> None:
@@ -257,9 +264,7 @@ def cmd_predict(args) -> None:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
         print(format_predictions(results))
-    failed = sum(1 for r in results if r["error"])
-    if failed:
-        print(f"{failed} of {len(results)} files could not be predicted", file=sys.stderr)
+    _count_failures(results, "predicted")
 
 
 def _text_table(path: str) -> dict:

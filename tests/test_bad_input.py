@@ -348,6 +348,10 @@ def test_predict_names_the_files_it_cannot_read(ctx, capsys):
     results = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
     assert set(results) == {"a.jpg", "b.webp"}
     assert results["a.jpg"]["error"] is None and "WebP" in results["b.webp"]["error"]
+    # nothing predicted at all is a failure a script can see: exit status 1, after each file's own line
+    assert main(["predict", str(ctx["run"]), str(folder / "b.webp"), str(folder / "gone.jpg")]) == 1
+    printed = capsys.readouterr()
+    assert "gone.jpg: ERROR" in printed.out and "genrecls: error: none of the 2 files could be predicted" in printed.err
 
 
 def test_evaluate_when_the_posters_became_undecodable(ctx, capsys):
