@@ -443,12 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 
+    from genrecls.config import DEMO_PER_GENRE
+
     p = sub.add_parser("demo-data", help="write a small synthetic poster dataset (no download)",
                        description="Write a deterministic synthetic dataset in the csv format: "
                        "posters/<id>.jpg with a learnable look per genre, and labels.csv.")
     p.add_argument("out", help="a new or empty folder, or an earlier demo set to rewrite (never a folder "
                    "holding other files)")
-    p.add_argument("--per-genre", type=_number(int, 1), default=60, help="posters per genre (default: 60)")
+    p.add_argument("--per-genre", type=_number(int, *DEMO_PER_GENRE), default=60,
+                   help=f"posters per genre, {DEMO_PER_GENRE[0]} to {DEMO_PER_GENRE[1]} (default: 60)")
     p.add_argument("--seed", type=_number(int, 0), default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_demo_data)
 

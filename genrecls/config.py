@@ -47,6 +47,7 @@ DEFAULT_THRESHOLD = 0.5
 # Posters above this many pixels are refused before decoding (a 20000x20000 PNG decodes into 1.2 GB);
 # the largest real posters are about 4000x6000.
 MAX_PIXELS = 50_000_000
+DEMO_PER_GENRE = (10, 5000)  # demo-data: every split gets every genre; at most 35,000 posters
 MEMBER_KEYS = ("head", "dropout", "learning_rate", "text_width", "text_dropout")
 # Rows per shard of the feature store (genrecls.features): 4096 x 1280 EfficientNet features is 21 MB a shard,
 # the most extraction holds in memory at once; `genrecls features --shard I/N` hands out whole shards.

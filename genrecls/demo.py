@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from genrecls import __version__
+from genrecls.config import DEMO_PER_GENRE
 from genrecls.errors import GenreclsError
 
 MARKER = "demo.json"  # genrecls's claim on a demo folder: the files it wrote
@@ -266,8 +267,10 @@ def make_demo_dataset(
     Rewriting a demo set genrecls made is allowed (make demo does it every time); a
     folder with anything else in it is refused.
     """
-    if per_genre < 10:
-        raise GenreclsError("--per-genre must be at least 10 so every split gets every genre")
+    low, high = DEMO_PER_GENRE
+    if isinstance(per_genre, bool) or not isinstance(per_genre, int) or not low <= per_genre <= high:
+        raise GenreclsError(f"--per-genre must be a whole number in [{low}, {high}] (at least {low} so every split "
+                            f"gets every genre), not {per_genre!r}")
     out = Path(out)
     _claim(out)
     posters = out / "posters"
@@ -275,20 +278,29 @@ def make_demo_dataset(
     rng = np.random.default_rng(seed)
     names = list(GENRES)
     rows = []
+    # the marker first, naming every file about to be written: a run cut short leaves a folder genrecls can rewrite
+    planned = ["labels.csv"] + [_poster_path(i) for i in range(len(names) * per_genre)]
+    _write_marker(out, seed, per_genre, planned)
     for g, genre in enumerate(names):
         for i in range(per_genre):
             genres = [genre]
             if rng.random() < multi_share:
                 genres.append(names[(g + rng.integers(1, len(names))) % len(names)])
-            movie_id = f"m{len(rows):05d}"  # a neutral id: nothing in a file name tells the genre
-            Image.fromarray(draw_poster(genres, rng)).save(posters / f"{movie_id}.jpg", quality=90)
+            path = _poster_path(len(rows))
+            Image.fromarray(draw_poster(genres, rng)).save(out / path, quality=90)
             title = f"{make_title(genres, rng)} ({rng.integers(1950, 2020)})"
-            rows.append((f"posters/{movie_id}.jpg", "|".join(genres), title))
+            rows.append((path, "|".join(genres), title))
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "genres", "title"])
         writer.writerows(rows)
-    files = ["labels.csv"] + [path for path, _, _ in rows]
+    return out
+
+
+def _poster_path(i: int) -> str:
+    return f"posters/m{i:05d}.jpg"  # a neutral id: nothing in a file name tells the genre
+
+
+def _write_marker(out: Path, seed: int, per_genre: int, files: list) -> None:
     (out / MARKER).write_text(json.dumps({"kind": "demo", "genrecls": __version__, "seed": seed,
                                           "per_genre": per_genre, "files": files}, indent=1), encoding="utf-8")
-    return out

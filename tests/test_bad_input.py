@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genrecls.cli import main
@@ -92,6 +93,8 @@ OPTION_CASES = {
     "evaluate threshold above one": (["evaluate", "{run}", "--threshold", "1.5"], "--threshold"),
     "unknown mode": (TRAIN + ["--mode", "fuzzy"], "--mode"),
     "demo-data per-genre zero": (["demo-data", "{tmp}/demo", "--per-genre", "0"], "--per-genre"),
+    "demo-data per-genre below the minimum": (["demo-data", "{tmp}/demo", "--per-genre", "9"], "--per-genre", ">= 10"),
+    "demo-data per-genre huge": (["demo-data", "{tmp}/demo", "--per-genre", "100000000"], "--per-genre", "<= 5000"),
     "head wider than memory": (TRAIN + ["--head", "99999999"], "head widths", "16384"),
     "max pixels zero": (["summary", "{data}", "--max-pixels", "0"], "--max-pixels"),
 }
@@ -147,6 +150,27 @@ def test_demo_data_regenerates_only_its_own_folder(tmp_path, capsys):
     (demo / "posters" / "mine.jpg").write_bytes(b"a poster of the user's")
     fails_cleanly(["demo-data", demo, "--per-genre", "10"], capsys, "mine.jpg")
     assert (demo / "posters" / "mine.jpg").read_bytes() == b"a poster of the user's"
+
+
+def test_a_demo_set_cut_short_is_still_genreclss_to_rewrite(tmp_path, monkeypatch):
+    """The marker comes first, naming every file the run will write: a kill halfway leaves a folder it may redo."""
+    from genrecls import demo
+
+    demo_dir, calls = tmp_path / "demo", []
+
+    def killed_on_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return np.zeros((8, 8, 3), "uint8")
+
+    monkeypatch.setattr(demo, "draw_poster", killed_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        demo.make_demo_dataset(demo_dir, per_genre=10)
+    assert len(list((demo_dir / "posters").iterdir())) == 4 and not (demo_dir / "labels.csv").exists()
+    monkeypatch.undo()
+    assert main(["demo-data", str(demo_dir), "--per-genre", "10"]) == 0
+    assert len(list((demo_dir / "posters").iterdir())) == 70
 
 
 # ------------------------------------------------ damaged run folders
