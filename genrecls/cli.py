@@ -135,7 +135,7 @@ def cmd_combine(args) -> None:
         _print_evaluation(args.out, report)
 
 
-def _print_evaluation(run, report: dict) -> None:
+def _print_evaluation(run, report: dict, plots: bool = True) -> None:
     from genrecls.evaluation import format_table
 
     print(f"\n{report['split']} split, decisions: {report['policy']['name']} ({report['policy']['reason']})")
@@ -143,7 +143,7 @@ def _print_evaluation(run, report: dict) -> None:
     from genrecls import runs
 
     print(f"\nreport written to {os.path.join(run, runs.REPORT)} and {runs.REPORT_HTML} (with {runs.METRICS}, "
-          "the decision policy and plots)")
+          f"the decision policy{' and plots' if plots else ''})")
 
 
 def cmd_evaluate(args) -> None:
@@ -154,7 +154,7 @@ def cmd_evaluate(args) -> None:
     threshold = args.threshold if args.threshold is not None else (DEFAULT_THRESHOLD if args.global_threshold else None)
     report = evaluate_run(args.run, data=args.data, split=args.split, optimize=args.optimize, threshold=threshold,
                           plots=args.plots, gradcam=args.gradcam)
-    _print_evaluation(args.run, report)
+    _print_evaluation(args.run, report, args.plots)
 
 
 def _count_failures(results: list, done: str) -> None:
@@ -419,7 +419,8 @@ def _add_training_options(p: argparse.ArgumentParser, only: tuple | None = None)
             if isinstance(kw.get("choices"), str):
                 kw["choices"] = list(getattr(config, kw["choices"]))
             shown = config.default(field)
-            if shown not in (None, "default", False) and "[" not in text:
+            flag_only = kw.get("action") in ("store_true", "store_false")  # its default is not what it sets
+            if shown not in (None, "default", False) and not flag_only and "[" not in text:
                 text += f" [{','.join(map(str, shown)) if isinstance(shown, tuple) else shown}]"
             g.add_argument(flag, help=text, **kw)
 
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks", help="output folder [benchmarks]")
     p.add_argument("--scale", type=_number(float, 1e-4, 100), default=1.0, help="shorten (<1) or lengthen (>1) every section [1]")
     p.add_argument("--sections", help="comma-separated subset: input_pipeline, training_throughput, ova_cost, "
-                   "memory, scaling")
+                   "memory, scaling, letterboxd_scale [all]")
     p.set_defaults(func=cmd_bench)
 
     from genrecls.config import RECIPES

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from genrecls.cli import main
 
 
@@ -55,3 +57,17 @@ def test_help_explains_every_command(capsys):
             assert exit.code == 0
         out = capsys.readouterr().out
         assert "usage: genrecls" in out
+
+
+def test_help_names_every_benchmark_section_and_no_default_for_a_flag(capsys):
+    from genrecls.bench import SECTION_NAMES
+
+    def helped(*command) -> str:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    text = helped("bench")
+    assert all(name in text for name in SECTION_NAMES)
+    text = helped("train")
+    assert "instead of on cached features [" not in text  # --no-cache-features: a flag, not a value
