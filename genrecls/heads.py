@@ -15,8 +15,8 @@ from genrecls.errors import GenreclsError
 
 OUTPUT = "probabilities"  # the name of every head's output layer (Grad-CAM reads its logits)
 
-# Named widths that mirror the reports; any comma list works too.
 MAX_UNITS = 16384  # widest hidden layer accepted: a wider one exhausts memory before it learns anything
+# Named widths that mirror the reports; any comma list works too.
 HEAD_PRESETS = {
     "report002": (512, 256),  # two hidden layers; the second is what report 002 tuned (64..512)
     "report004": (1024, 128),
