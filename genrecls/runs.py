@@ -352,8 +352,11 @@ class RunFolder:
         if not path.is_file():
             return None
         try:
-            return Policy.from_json(_read_json(path, "the decision policy"), genres)
-        except GenreclsError as exc:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise GenreclsError(f"expected a JSON object, found {type(doc).__name__}")
+            return Policy.from_json(doc, genres)
+        except (OSError, ValueError, GenreclsError) as exc:  # ValueError: JSON and text decoding among them
             raise GenreclsError(f"{path} (the decision policy) is damaged: {exc}; "
                                 "run 'genrecls evaluate' on the run to choose it again") from None
 

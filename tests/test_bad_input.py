@@ -217,6 +217,7 @@ def test_damaged_run_files_are_named(damage, command, ctx, capsys):
     change(ctx["run"] / name)
     line = fails_cleanly(_fill(COMMANDS[command], ctx), capsys, name)
     assert str(ctx["run"]) in line or name in line
+    assert line.count("is damaged") <= 1 and line.count(name) <= 2, line  # said once, not wrapped in itself
 
 
 @pytest.mark.parametrize("damage", ["config truncated", "config epochs a string", "marker garbage"])
