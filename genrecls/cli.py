@@ -117,9 +117,9 @@ def train_config(args):
 
 
 def cmd_train(args) -> None:
+    cfg = train_config(args)  # a bad setting fails before TensorFlow loads (seconds, and its log lines)
     from genrecls.training import train
 
-    cfg = train_config(args)
     out = args.out or os.path.join("models", f"{cfg.mode}-{cfg.backbone}")
     report = train(cfg, out, overwrite=args.overwrite, evaluate=args.report, plots=True)
     if report:
@@ -185,9 +185,9 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tune(args) -> None:
+    cfg = train_config(args)  # a bad setting fails before TensorFlow loads
     from genrecls.tuning import format_trials, load_space, tune
 
-    cfg = train_config(args)
     out = args.out or os.path.join("models", f"{cfg.mode}-{cfg.backbone}_tune")
     table = tune(cfg, out, max_trials=args.max_trials, executions_per_trial=args.executions_per_trial,
                  objective=args.objective, algorithm=args.algorithm, space=load_space(args.space, cfg),

@@ -23,6 +23,16 @@ def test_summary_text_json_and_plot(ml1m, tmp_path, capsys):
     assert summary["posters"] == 3256 and summary["dropped"]["counts"] == {"no poster file": 627}
 
 
+def test_a_bad_setting_fails_before_tensorflow_loads(tmp_path):
+    """Only the error: no TensorFlow start-up lines printed before it (they come with importing it)."""
+    for command in ("train", "tune"):
+        result = subprocess.run([sys.executable, "-m", "genrecls.cli", command, str(tmp_path), "--head", "-5"],
+                                capture_output=True, text=True)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == ["genrecls: error: head widths must be whole numbers in "
+                                                      "[1, 16384], not (-5,)"]
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "genrecls.cli", "summary", str(tmp_path / "missing")],
