@@ -158,6 +158,10 @@ class Trainer:
         keras.utils.set_random_seed(cfg.seed)  # in every worker: identical initial weights
         # Mistakes in the data, the weights or the cache path fail here, before any folder is claimed.
         data = prepare_data(cfg, table)
+        unknown = sorted(set(cfg.member_overrides or {}) - set(data.vocab.names))
+        if unknown:  # a misspelt genre's settings would be ignored without a word
+            raise GenreclsError(f"member-overrides name genres this run does not have: {', '.join(unknown)}; "
+                                f"its genres are {', '.join(data.vocab.names)}")
         check_cache(cfg.cache)
         with strategy.scope():  # every model, and every variable, of the run lives in the strategy
             backbone, trainable = new_backbone(cfg)

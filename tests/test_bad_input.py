@@ -248,6 +248,15 @@ def test_running_out_of_memory_is_one_line_and_leaves_nothing_to_overwrite(ctx, 
     assert main(_fill(TRAIN, ctx) + ["--weights", "none", "--no-report", "--quiet"]) == 0
 
 
+def test_overrides_for_a_genre_the_run_lacks_are_refused(ctx, capsys):
+    """A misspelt genre in --config's member_overrides would have its settings ignored without a word."""
+    config = ctx["tmp"] / "settings.json"
+    config.write_text(json.dumps({"data": str(ctx["data"]), "mode": "ova",
+                                  "member_overrides": {"Comdy": {"dropout": 0.2}}}))
+    fails_cleanly(_fill(TRAIN, ctx) + ["--config", config], capsys, "member-overrides", "Comdy", "Comedy")
+    assert not (ctx["tmp"] / "out").exists()
+
+
 def test_a_failed_train_leaves_nothing_to_overwrite(ctx, capsys):
     out = ctx["tmp"] / "out"
     fails_cleanly(_fill(TRAIN, ctx) + ["--weights", f"{ctx['tmp']}/missing.weights.h5"], capsys, "missing.weights.h5")
