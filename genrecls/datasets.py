@@ -57,6 +57,7 @@ YEAR_SUFFIX = re.compile(r"\s*\(\s*\d{4}\s*\)\s*$")
 NO_POSTER = "no poster file"
 NO_GENRE = "no genre"
 DUPLICATE_ID = "duplicate id"
+NO_ID = "no id"
 UNPARSEABLE = "unparseable line"
 MALFORMED_GENRES = "malformed genre string"
 OUTSIDE_FOLDER = "path outside dataset folder"
@@ -545,6 +546,9 @@ def load_dataset(
     for movie_id, title, rel, genres, words in READERS[fmt](root, dropped, genre_sep=genre_sep, text=text,
                                                             **csv_options):
         label = f"{movie_id} ({title})" if title else movie_id
+        if not str(movie_id).strip():  # an empty id cell: counted for what it is, not as the first duplicate
+            dropped.add(NO_ID, title or "(a row without id)")
+            continue
         if movie_id in seen:
             dropped.add(DUPLICATE_ID, label)
             continue

@@ -272,7 +272,8 @@ class RunFolder:
         """An existing run (or shard) folder, checked to be one (and finished, unless told otherwise)."""
         run = cls(path)
         if not run.path.is_dir():
-            raise GenreclsError(f"run folder {run.path} does not exist")
+            raise GenreclsError(f"{run.path} is a file, not a run folder" if run.path.exists()
+                                else f"run folder {run.path} does not exist")
         if not run.is_run and not (run.path / MARKER).exists():
             raise GenreclsError(f"{run.path} is not a genrecls run folder (no {MARKER})")
         marker = run.marker()

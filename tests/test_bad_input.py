@@ -90,6 +90,7 @@ OPTION_CASES = {
     "cache in a missing folder": (TRAIN + ["--cache", "{tmp}/missing/cache"], "cache", "missing"),
     "predict top-k negative": (["predict", "{run}", "{poster}", "--top-k", "-1"], "--top-k"),
     "evaluate threshold nan": (["evaluate", "{run}", "--threshold", "nan"], "--threshold"),
+    "evaluate a file": (["evaluate", "{afile}"], "is a file, not a run folder"),
     "evaluate threshold above one": (["evaluate", "{run}", "--threshold", "1.5"], "--threshold"),
     "unknown mode": (TRAIN + ["--mode", "fuzzy"], "--mode"),
     "demo-data per-genre zero": (["demo-data", "{tmp}/demo", "--per-genre", "0"], "--per-genre"),

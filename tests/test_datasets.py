@@ -8,6 +8,7 @@ from genrecls.datasets import (
     DUPLICATE_ID,
     MALFORMED_GENRES,
     NO_GENRE,
+    NO_ID,
     NO_POSTER,
     OUTSIDE_FOLDER,
     UNPARSEABLE,
@@ -149,6 +150,13 @@ def test_csv_custom_columns_and_separators(tmp_path):
     )
     assert table.frame["id"].tolist() == ["m1", "m2"]
     assert table.frame["genres"].tolist() == [["Action", "Drama"], ["Drama"]]
+    # empty id cells are dropped as having no id, not loaded once and then counted as duplicates
+    for name in ("z.jpg", "w.jpg"):
+        write_image(tmp_path / "p" / name)
+    (tmp_path / "mine.tsv").write_text("file\tlabels\tmovie\np/x.jpg\tDrama\tm1\np/z.jpg\tDrama\t\np/w.jpg\tDrama\t \n")
+    table = load_dataset(tmp_path, "csv", csv_file="mine.tsv", path_column="file", genres_column="labels",
+                         id_column="movie", delimiter="\t")
+    assert table.frame["id"].tolist() == ["m1"] and table.dropped.counts == {NO_ID: 2}
 
 
 def test_csv_wrong_column_is_a_clear_error(tmp_path):
