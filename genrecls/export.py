@@ -235,12 +235,19 @@ def expand_inputs(paths: list) -> list[Path]:
     """Files as given; folders become the image files directly inside them.
 
     Images in formats the model cannot read (WebP, TIFF, ...) are kept, so each gets its own error
-    line instead of vanishing from the output.
+    line instead of vanishing from the output. What a folder holds besides (subfolders, other files) is
+    left out, and counted in a warning.
     """
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in POSTER_EXTENSIONS + OTHER_IMAGE_EXTENSIONS)
+            entries = list(p.iterdir())
+            images = sorted(f for f in entries if f.suffix.lower() in POSTER_EXTENSIONS + OTHER_IMAGE_EXTENSIONS
+                            and not f.is_dir())
+            if len(images) < len(entries):
+                log.warning("left out %d of the %d entries in %s that are not image files (subfolders are not "
+                            "searched)", len(entries) - len(images), len(entries), p)
+            files += images
         else:
             files.append(p)
     if not files:

@@ -374,12 +374,14 @@ def test_accepted_formats_decode_to_the_pixels_pil_gives(tmp_path):
     assert accepted == set(variants) - {"bmp-palette", "bmp-grey", "bmp-1bit"}
 
 
-def test_predict_names_the_files_it_cannot_read(ctx, capsys):
+def test_predict_names_the_files_it_cannot_read(ctx, capsys, caplog):
     folder = ctx["tmp"] / "new"
     write_image(folder / "a.jpg")
     (folder / "b.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
     (folder / "notes.txt").write_text("not a poster")
+    write_image(folder / "sub" / "c.jpg")
     assert main(["predict", str(ctx["run"]), str(folder), "--json"]) == 0
+    assert f"left out 2 of the 4 entries in {folder}" in caplog.text  # notes.txt and sub/
     results = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
     assert set(results) == {"a.jpg", "b.webp"}
     assert results["a.jpg"]["error"] is None and "WebP" in results["b.webp"]["error"]
