@@ -86,8 +86,9 @@ def cmd_demo_data(args) -> None:
 
 
 def _csv_options(args) -> dict:
-    keys = ("csv_file", "path_column", "genres_column", "id_column", "title_column", "delimiter")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    from genrecls.datasets import CSV_OPTIONS
+
+    return {k: getattr(args, k) for k in CSV_OPTIONS if getattr(args, k, None) is not None}
 
 
 def train_config(args):

@@ -471,6 +471,8 @@ def _records_csv(
         yield movie_id, title, rel, parse_genres(genres, genre_sep), words
 
 
+CSV_OPTIONS = ("csv_file", "path_column", "genres_column", "id_column", "title_column", "delimiter")  # --format csv
+
 READERS = {
     "movielens": _records_movielens,
     "letterboxd": _records_letterboxd,
@@ -533,6 +535,9 @@ def load_dataset(
     fmt = format or detect_format(root)
     if fmt not in READERS:
         raise GenreclsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    unknown = sorted(set(csv_options) - set(CSV_OPTIONS))
+    if unknown:  # a misspelt option would be ignored, and the table read with the default columns
+        raise GenreclsError(f"unknown csv option(s) {', '.join(unknown)}; the csv format takes {', '.join(CSV_OPTIONS)}")
     marker = csv_options.get("csv_file", FORMAT_MARKERS[fmt])
     if not (root / marker).is_file():
         raise GenreclsError(f"{root} has no {marker}, which the {fmt} format reads")

@@ -159,6 +159,13 @@ def test_csv_custom_columns_and_separators(tmp_path):
     assert table.frame["id"].tolist() == ["m1"] and table.dropped.counts == {NO_ID: 2}
 
 
+def test_a_misspelt_csv_option_is_a_clear_error(tmp_path):
+    write_image(tmp_path / "x.jpg")
+    (tmp_path / "labels.csv").write_text("path,labels\nx.jpg,Drama\n")
+    with pytest.raises(GenreclsError, match="unknown csv option.*genre_column; the csv format takes"):
+        load_dataset(tmp_path, genre_column="labels")
+
+
 def test_csv_wrong_column_is_a_clear_error(tmp_path):
     write_image(tmp_path / "x.jpg")
     (tmp_path / "labels.csv").write_text("file,genres\nx.jpg,Drama\n")
