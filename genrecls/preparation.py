@@ -42,7 +42,7 @@ class PreparedData:
     paths: np.ndarray
     Y: np.ndarray  # multi-hot (N, K)
     strata: np.ndarray  # collapsed single label per poster
-    split: Split
+    split: Split | None  # None for a trained run's vocabulary: its split.json holds its split
     unlabelled: int  # posters with no genre inside the vocabulary
     texts: np.ndarray | None = None  # the text beside each poster (cfg.text), or None
     table_rows: np.ndarray | None = None  # each poster's row in the table (the feature store's rows)
@@ -67,11 +67,15 @@ def load_table(cfg: TrainConfig) -> PosterTable:
 
 
 def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: GenreVocabulary | None = None) -> PreparedData:
-    """Load the table, fit (or reuse) the vocabulary, encode, and split (labels.split_posters) with the seed."""
+    """Load the table, fit the vocabulary, encode, and split (labels.split_posters) with the seed.
+
+    With a trained run's `vocab` (evaluation) nothing is split: the run's own split.json names its posters,
+    and a split of other data could only fail on genres that data lacks (with advice for training)."""
     if table is not None and cfg.text and table.text != cfg.text:
         table = None  # a table read without this run's text: read it again with it
     table = table or load_table(cfg)
     genre_lists = list(table.frame["genres"])
+    trained = vocab is not None
     vocab = vocab or GenreVocabulary.fit(
         genre_lists, min_count=cfg.min_count, top_k=cfg.top_k, other=cfg.other, genres=cfg.genres
     )
@@ -80,7 +84,8 @@ def prepare_data(cfg: TrainConfig, table: PosterTable | None = None, vocab: Genr
     Y = Y[keep]
     strata = collapse(Y, cfg.collapse)
     # one split for every mode; multiclass, which learns the collapsed label, needs it in every part
-    split = split_posters(Y, vocab.names, cfg.split, cfg.seed, strata, one_label=get_mode(cfg.mode).one_hot)
+    split = None if trained else split_posters(Y, vocab.names, cfg.split, cfg.seed, strata,
+                                               one_label=get_mode(cfg.mode).one_hot)
     return PreparedData(
         table, vocab, table.frame["id"].to_numpy()[keep], table.frame["path"].to_numpy()[keep],
         Y, strata, split, len(table) - len(keep),

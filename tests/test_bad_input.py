@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from genrecls.cli import main
@@ -389,6 +390,23 @@ def test_predict_names_the_files_it_cannot_read(ctx, capsys, caplog):
     assert main(["predict", str(ctx["run"]), str(folder / "b.webp"), str(folder / "gone.jpg")]) == 1
     printed = capsys.readouterr()
     assert "gone.jpg: ERROR" in printed.out and "genrecls: error: none of the 2 files could be predicted" in printed.err
+
+
+def test_evaluate_on_other_data_uses_the_runs_split_whatever_that_data_lacks(ctx, tmp_path, capsys):
+    """--data OTHER where a genre is down to one poster: no fresh split is made, so no advice about training."""
+    trained_on = Path(json.loads((ctx["run"] / "config.json").read_text())["data"])
+    genres = json.loads((ctx["run"] / "genres.json").read_text())["genres"]
+    other = tmp_path / "other"
+    shutil.copytree(trained_on, other)
+    frame = pd.read_csv(other / "labels.csv")
+    lists = frame["genres"].str.split("|")
+    rare = genres[0]
+    keep_one = lists.map(lambda g: rare in g).idxmax()  # the first poster with it keeps it; the rest lose it
+    frame["genres"] = ["|".join(g) if i == keep_one else "|".join(x for x in g if x != rare) or "Unknown"
+                       for i, g in lists.items()]
+    frame.to_csv(other / "labels.csv", index=False)
+    assert main(["evaluate", str(ctx["run"]), "--data", str(other), "--no-plots", "--gradcam", "0"]) == 0
+    assert "min-count" not in capsys.readouterr().err
 
 
 def test_evaluate_when_the_posters_became_undecodable(ctx, capsys):
