@@ -65,22 +65,24 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def damaged(path: Path, what: str, problem) -> GenreclsError:
+RETRAIN = "restore it, or train the run again into a new --out (or with --overwrite)"
+
+
+def damaged(path: Path, what: str, problem, fix: str = RETRAIN) -> GenreclsError:
     """The one wording for a run file genrecls cannot use: which file, what is wrong, what to do."""
-    return GenreclsError(f"{path} ({what}) is damaged: {problem}; restore it, or train the run again "
-                         "into a new --out (or with --overwrite)")
+    return GenreclsError(f"{path} ({what}) is damaged: {problem}; {fix}")
 
 
-def _read_json(path: Path, what: str, expect: type | None = dict):
+def _read_json(path: Path, what: str, expect: type | None = dict, fix: str = RETRAIN):
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GenreclsError(f"{path.parent} has no {path.name} ({what}); is it a finished genrecls run?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise damaged(path, what, exc) from None
+        raise damaged(path, what, exc, fix) from None
     if expect is not None and not isinstance(doc, expect):
         raise damaged(path, what, f"expected a JSON {'object' if expect is dict else expect.__name__}, "
-                                  f"found {type(doc).__name__}")
+                                  f"found {type(doc).__name__}", fix)
     return doc
 
 
@@ -352,14 +354,12 @@ class RunFolder:
         path = self.path / POLICY
         if not path.is_file():
             return None
+        what, fix = "the decision policy", "run 'genrecls evaluate' on the run to choose it again"
+        doc = _read_json(path, what, fix=fix)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(doc, dict):
-                raise GenreclsError(f"expected a JSON object, found {type(doc).__name__}")
             return Policy.from_json(doc, genres)
-        except (OSError, ValueError, GenreclsError) as exc:  # ValueError: JSON and text decoding among them
-            raise GenreclsError(f"{path} (the decision policy) is damaged: {exc}; "
-                                "run 'genrecls evaluate' on the run to choose it again") from None
+        except GenreclsError as exc:
+            raise damaged(path, what, exc, fix) from None
 
     def save_metrics(self, report: dict) -> None:
         """The only writer of metrics.json (schema in the README)."""
