@@ -247,15 +247,15 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    lines, latin = raw.splitlines(keepends=True), []
+    lines, latin, utf8 = raw.splitlines(keepends=True), [], False
     for i, line in enumerate(lines):
         try:
             lines[i] = line.decode("utf-8-sig" if i == 0 else "utf-8")
+            utf8 = utf8 or not line.isascii()
         except UnicodeDecodeError:
             lines[i] = line.decode("latin-1")
             latin.append(i + 1)
-    bad = set(latin)
-    if all(raw_line.isascii() for i, raw_line in enumerate(raw.splitlines(), 1) if i not in bad):
+    if not utf8:
         return raw.decode("latin-1")  # no UTF-8 beside them: a Latin-1 file
     shown = ", ".join(map(str, latin[:10])) + (f" and {len(latin) - 10} more" if len(latin) > 10 else "")
     log.warning("%s is UTF-8 but %d line(s) are not (line %s); read those as Latin-1, check their text",

@@ -30,8 +30,7 @@ from keras_tuner.src import config as kt_config
 from genrecls.config import TrainConfig
 from genrecls.distribute import get_strategy, sync_batch_norm
 from genrecls.errors import GenreclsError
-from genrecls.heads import MAX_UNITS
-from genrecls.heads import build_head
+from genrecls.heads import MAX_UNITS, build_head
 from genrecls.models import build_model, compile_model, new_backbone, steps
 from genrecls.modes import MEMBER, Mode, get_mode
 from genrecls.preparation import Inputs, cached_features, prepare_data
