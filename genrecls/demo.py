@@ -278,10 +278,11 @@ def make_demo_dataset(
     rng = np.random.default_rng(seed)
     names = list(GENRES)
     rows = []
-    # the marker first, naming every file about to be written: a run cut short leaves a folder genrecls can rewrite
-    planned = ["labels.csv"] + [_poster_path(i) for i in range(len(names) * per_genre)]
-    _write_marker(out, seed, per_genre, planned)
     for g, genre in enumerate(names):
+        # the marker names each genre's posters just before they are written: a run cut short leaves only files
+        # it names (genrecls may rewrite the folder), and names no file further on that it had not started
+        _write_marker(out, seed, per_genre, [path for path, _, _ in rows] + [_poster_path(len(rows) + i)
+                                                                              for i in range(per_genre)])
         for i in range(per_genre):
             genres = [genre]
             if rng.random() < multi_share:
@@ -290,6 +291,7 @@ def make_demo_dataset(
             Image.fromarray(draw_poster(genres, rng)).save(out / path, quality=90)
             title = f"{make_title(genres, rng)} ({rng.integers(1950, 2020)})"
             rows.append((path, "|".join(genres), title))
+    _write_marker(out, seed, per_genre, ["labels.csv"] + [path for path, _, _ in rows])
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "genres", "title"])

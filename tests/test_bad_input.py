@@ -171,6 +171,11 @@ def test_a_demo_set_cut_short_is_still_genreclss_to_rewrite(tmp_path, monkeypatc
         demo.make_demo_dataset(demo_dir, per_genre=10)
     assert len(list((demo_dir / "posters").iterdir())) == 4 and not (demo_dir / "labels.csv").exists()
     monkeypatch.undo()
+    # a file named like a poster of a genre the run had not reached is not the demo's: refused, kept
+    (demo_dir / "posters" / "m00050.jpg").write_bytes(b"a poster of the user's")
+    assert main(["demo-data", str(demo_dir), "--per-genre", "10"]) == 1
+    assert (demo_dir / "posters" / "m00050.jpg").read_bytes() == b"a poster of the user's"
+    (demo_dir / "posters" / "m00050.jpg").unlink()
     assert main(["demo-data", str(demo_dir), "--per-genre", "10"]) == 0
     assert len(list((demo_dir / "posters").iterdir())) == 70
 
